@@ -1,0 +1,41 @@
+# earthrep: `make demo` runs the whole pipeline on the built-in demo region; `make test` runs the tests.
+# Both create .venv (Python 3.11, see BUILD.md for why) and install the package on first use.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.earthrep-installed
+DEMO ?= demo
+RUNS ?= $(DEMO)/runs
+SEED ?= 0
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean-demo
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; assert v == (3, 11), f"earthrep pins Python 3.11 (jax 0.10.x); found {sys.version.split()[0]} at {sys.executable}. Set PYTHON=/path/to/python3.11"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+
+# ---------------------------------------------------------------- the demo pipeline
+$(DEMO)/sites.csv: | $(STAMP)
+	$(BIN)/python -m data_prep.demo_world --out $(DEMO) --seed $(SEED)
+
+$(DEMO)/shards/%/metadata.json: $(DEMO)/sites.csv
+	$(BIN)/python -m data_prep.build_shards --cubes $(DEMO)/cubes --out $(DEMO)/shards/$* --modality $*
+
+demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $(DEMO)/shards/fused/metadata.json
+	$(BIN)/python -m earthrep.train --config experiments/s1_ae.py:runlocal --workdir $(RUNS)/s1_ae \
+	    --config.data_dir=$(DEMO)/shards/s1
+	$(BIN)/python -m earthrep.train --config experiments/s2_ae.py:runlocal --workdir $(RUNS)/s2_ae \
+	    --config.data_dir=$(DEMO)/shards/s2
+	@echo "demo: stage-1 autoencoders trained; workdirs under $(RUNS)"
+
+clean-demo:
+	rm -rf $(DEMO)

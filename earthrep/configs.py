@@ -1,0 +1,86 @@
+"""Shared pieces of the experiment configs (`experiments/*.py` call these).
+
+Variants: `""` (default) = the reference's full-size models and hyper-parameters (section f of
+ARCHITECTURE.md), meant for GPU/TPU; `runlocal` = narrower models and a short schedule that train on
+a 2-core CPU in minutes on the demo shards; `test` = tiny shapes for the test suite.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+# Per-sensor stage-1 sizes (section b): channels, bottleneck, reduced tokens. S2 uses 6 tokens as the
+# released fusion checkpoint needs (train_modality.py used 7; see contradiction 3).
+STAGE1_SENSORS = {
+    "s1": dict(channels=2, bottleneck=2, reduced_tokens=7),
+    "s2": dict(channels=10, bottleneck=9, reduced_tokens=6),
+}
+
+# Full-size widths of the reference, and the shrunken ones of the CPU variants.
+WIDTHS = {
+    "": dict(widths=(149, 128, 64), d_model=256, token_dim=16, heads=8, ffn=8, layers=3),
+    "runlocal": dict(widths=(32, 32, 32), d_model=64, token_dim=16, heads=4, ffn=8, layers=2),
+    "test": dict(widths=(8, 8, 8), d_model=32, token_dim=8, heads=2, ffn=8, layers=1),
+}
+
+
+def variant_of(arg: str | None) -> str:
+  arg = (arg or "").strip()
+  if arg not in WIDTHS:
+    raise ValueError(f"unknown config variant {arg!r}; expected one of {sorted(WIDTHS)}")
+  return arg
+
+
+def optimizer_config(stage: str, variant: str) -> ml_collections.ConfigDict:
+  """AdamW 1e-4, wd 1.5e-4, clip 1.0, LinearLR warm-up and ReduceLROnPlateau (section f)."""
+  opt = ml_collections.ConfigDict(dict(
+      lr=1e-4, weight_decay=1.5e-4, clip_norm=1.0, warmup_start_factor=1e-3,
+      warmup_steps=35_000 if stage == "stage1" else 30_000,
+      plateau_factor=0.35 if stage == "stage1" else 0.3,
+      plateau_patience=5 if stage == "stage1" else 9,
+      min_lr=1.5e-6 if stage == "stage1" else 3.5e-7,
+      plateau_threshold=1.5e-6 if stage == "stage1" else 3.5e-7,
+      early_stopping_patience=16))
+  if variant == "runlocal":  # short CPU schedule: higher lr, short warm-up
+    opt.update(lr=1e-3, warmup_steps=50, plateau_patience=3, early_stopping_patience=0)
+  elif variant == "test":
+    opt.update(lr=1e-3, warmup_steps=2, early_stopping_patience=0)
+  return opt
+
+
+def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
+  variant = variant_of(arg)
+  c = ml_collections.ConfigDict()
+  c.task = "autoencoder"
+  c.sensor = sensor
+  c.data_dir = f"demo/shards/{sensor}"
+  c.model = ml_collections.ConfigDict(dict(
+      **STAGE1_SENSORS[sensor], **WIDTHS[variant], max_position=200, reference_batch_mixing=False))
+  # Stage-1 objective of the released code: MAE only (section d); default mode fixes the centre metric.
+  c.loss = ml_collections.ConfigDict(dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0,
+                                          center_mae=1.0, reference=False))
+  c.optimizer = optimizer_config("stage1", variant)
+  c.batch_size = 16
+  c.eval_batch_size = 64
+  c.num_epochs = 500
+  c.total_steps = 0          # 0: num_epochs * (train records // batch_size)
+  c.eval_every_steps = 0     # 0: once per epoch, as the reference
+  c.checkpoint_every_steps = 0  # 0: at every evaluation
+  c.log_every_steps = 50
+  c.keep_best = 5
+  c.seed = 42
+  c.worker_count = 0
+  c.num_devices = 0          # 0: all devices
+  if variant == "runlocal":
+    c.batch_size = 32
+    c.total_steps = 600
+    c.eval_every_steps = 100
+    c.log_every_steps = 20
+    c.keep_best = 2
+  elif variant == "test":
+    c.batch_size = 8
+    c.eval_batch_size = 16
+    c.total_steps = 6
+    c.eval_every_steps = 3
+    c.log_every_steps = 1
+    c.keep_best = 1
+  return c

@@ -1,0 +1,177 @@
+"""The per-sensor context-aware autoencoder (`TransformerAE`, ARCHITECTURE.md section b) in Flax Linen.
+
+A 15x15x11 patch is encoded frame by frame by a convolutional attention stack (frames folded into the
+batch, NHWC) to one d_model token per frame (4 x 4 x d_model/16, flattened channel-major `c*16 + h*4 + w`
+as the NCHW reference does, so converted reference weights work unchanged). A learned time table indexed
+by the day position of each frame is added, a temporal transformer mixes the tokens, and linear layers
+reduce 11 x d_model to `reduced_tokens` x `token_dim` and then to the `bottleneck` code z (Softplus). The
+decoder mirrors this; the transformer and the time table are one instance shared by encoder and decoder.
+With `reference_batch_mixing=True` the encoder transformer attends across the samples of the batch (frames
+act as the batch), which reproduces the reference bit-for-bit but makes z depend on the other samples;
+the default attends over the 11 frames of each sample. Intermediates are sown into `'intermediates'`.
+
+Dimension letters: B batch, T frames (11), G = T - 1 time gaps, H/W rows/columns, C channels, N = B*T
+folded images, D d_model, F token_dim, R reduced tokens, Z bottleneck.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from earthrep.models import blocks
+from earthrep.schema import AE_MAX_POSITION, PATCH_FRAMES, PATCH_PX
+
+TOKEN_PX = 4   # 15 -> 7 (conv1) -> 4 (conv2)
+
+
+def frame_positions(time_gaps_BG: jax.Array) -> jax.Array:
+  """Day position of every frame: [0, cumsum(gaps)] -> (B, T) int32."""
+  gaps = jnp.asarray(time_gaps_BG, jnp.int32)
+  return jnp.concatenate([jnp.zeros_like(gaps[:, :1]), jnp.cumsum(gaps, axis=1)], axis=1)
+
+
+class ConvEncoder(nn.Module):
+  """conv0 (1x1) -> block1 (+pool residual) -> conv1 2x2/2 -> block2 (+pool residual) -> conv2 2x2/2 pad 1 -> block3."""
+  widths: tuple[int, int, int]
+  token_channels: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, x_NHWC: jax.Array, *, train: bool) -> jax.Array:
+    w0, w1, w2 = self.widths
+    x = blocks.silu(nn.Dense(w0, name="conv0")(x_NHWC))
+    x = blocks.max_pool_residual(blocks.MultiScaleAttentionBlock(w0, (3, 7), 8, name="block1")(x), x)
+    x = blocks.silu(nn.Conv(w1, (2, 2), strides=(2, 2), padding="VALID", name="conv1")(x))  # 15 -> 7
+    x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
+    x = blocks.max_pool_residual(blocks.ConvAttentionBlock(w1, 8, 7, name="block2")(x), x)
+    x = blocks.silu(nn.Conv(w2, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)), name="conv2")(x))  # 7 -> 4
+    x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
+    return blocks.ConvAttentionBlock(self.token_channels, 2, 3, name="block3")(x)
+
+
+class ConvDecoder(nn.Module):
+  """block1 (+pool residual) -> convT 4->8 -> block2 (+pool residual) -> convT 8->15 -> block3 -> 2 refinement convs."""
+  widths: tuple[int, int, int]
+  channels: int
+  dropout: float
+
+  @nn.compact
+  def __call__(self, x_NHWC: jax.Array, *, train: bool) -> jax.Array:
+    w0, w1, w2 = self.widths
+    c = x_NHWC.shape[-1]
+    x = blocks.max_pool_residual(blocks.ConvAttentionBlock(c, 8, 7, name="block1")(x_NHWC), x_NHWC)
+    x = blocks.silu(blocks.ConvTranspose2x2(w2, name="conv1")(x))                  # 4 -> 8
+    x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
+    x = blocks.max_pool_residual(blocks.ConvAttentionBlock(w2, 8, 7, name="block2")(x), x)
+    x = blocks.ConvTranspose2x2(w1, crop=1, name="upsample2")(x)                   # 8 -> 16 -> 15
+    x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
+    x = blocks.MultiScaleAttentionBlock(w0, (3, 7), 8, name="block3")(x)
+    x = blocks.silu(blocks.conv(self.channels, 3, name="refine1")(x))
+    return blocks.conv(self.channels, 3, name="refine2")(x)
+
+
+class TransformerAE(nn.Module):
+  """Context-aware autoencoder; `__call__`, `encode` and `decode` take `train` as keyword."""
+  channels: int
+  bottleneck: int
+  reduced_tokens: int
+  widths: tuple[int, int, int] = (149, 128, 64)
+  d_model: int = 256
+  token_dim: int = 16
+  heads: int = 8
+  ffn: int = 8
+  layers: int = 3
+  max_position: int = AE_MAX_POSITION
+  frames: int = PATCH_FRAMES
+  enc_dropout: float = 0.07
+  dec_dropout: float = 0.1
+  transformer_dropout: float = 0.25
+  reference_batch_mixing: bool = False
+
+  def setup(self):
+    if self.d_model % (TOKEN_PX * TOKEN_PX):
+      raise ValueError(f"d_model={self.d_model} must be a multiple of {TOKEN_PX * TOKEN_PX}")
+    self.token_channels = self.d_model // (TOKEN_PX * TOKEN_PX)
+    # Out-of-range positions (> max_position) read NaN rows (jnp.take fill mode); the reference raises.
+    self.time_table = nn.Embed(self.max_position + 1, self.d_model)
+    self.transformer = blocks.TransformerStack(self.layers, self.d_model, self.heads, self.ffn,
+                                               self.transformer_dropout, norm_first=False)
+    self.conv_encoder = ConvEncoder(tuple(self.widths), self.token_channels, self.enc_dropout)
+    self.encoder_linear = nn.Dense(self.token_dim)
+    self.token_reducer = nn.Dense(self.reduced_tokens)
+    self.bottleneck_reducer = nn.Dense(self.bottleneck)
+    self.bottleneck_expander = nn.Dense(self.token_dim * self.reduced_tokens)
+    self.token_upsampler = nn.Dense(self.frames)
+    self.decoder_linear = nn.Dense(self.d_model)
+    self.conv_decoder = ConvDecoder(tuple(self.widths), self.channels, self.dec_dropout)
+
+  def _time_embedding(self, time_gaps_BG: jax.Array) -> jax.Array:
+    return self.time_table(frame_positions(time_gaps_BG)) / math.sqrt(self.d_model)
+
+  def encode(self, x_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
+    b, t, h, w, c = x_BTHWC.shape
+    f_NHWC = self.conv_encoder(x_BTHWC.reshape(b * t, h, w, c), train=train)
+    self.sow("intermediates", "enc_dimred", f_NHWC.reshape(b, t, *f_NHWC.shape[1:]))
+    tokens_BTD = f_NHWC.transpose(0, 3, 1, 2).reshape(b, t, self.d_model)   # c*16 + h*4 + w
+    x_BTD = tokens_BTD + self._time_embedding(time_gaps_BG)
+    self.sow("intermediates", "enc_transformer_in", x_BTD)
+    if self.reference_batch_mixing:   # sequence = samples, frames = batch (reference b.4)
+      x_BTD = self.transformer(x_BTD.swapaxes(0, 1), train=train).swapaxes(0, 1)
+    else:
+      x_BTD = self.transformer(x_BTD, train=train)
+    self.sow("intermediates", "enc_transformer_out", x_BTD)
+    x_BTF = blocks.selu(self.encoder_linear(x_BTD))
+    self.sow("intermediates", "enc_linear", x_BTF)
+    x_BFR = blocks.selu(self.token_reducer(x_BTF.swapaxes(1, 2)))
+    self.sow("intermediates", "enc_token_reduced", x_BFR)
+    return blocks.softplus(self.bottleneck_reducer(x_BFR.reshape(b, -1)))   # index f*R + r
+
+  def decode(self, z_BZ: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
+    b = z_BZ.shape[0]
+    flat_BX = blocks.softplus(self.bottleneck_expander(z_BZ))   # X = R*F, index r*F + f
+    self.sow("intermediates", "dec_expanded", flat_BX)
+    e_BFR = flat_BX.reshape(b, self.reduced_tokens, self.token_dim).swapaxes(1, 2)   # token-major
+    u_BFT = blocks.selu(self.token_upsampler(e_BFR))
+    self.sow("intermediates", "dec_token_upsampled", u_BFT)
+    x_BTD = blocks.selu(self.decoder_linear(u_BFT.swapaxes(1, 2)))
+    self.sow("intermediates", "dec_linear", x_BTD)
+    x_BTD = x_BTD + self._time_embedding(time_gaps_BG)
+    self.sow("intermediates", "dec_transformer_in", x_BTD)
+    x_BTD = self.transformer(x_BTD, train=train)
+    self.sow("intermediates", "dec_transformer_out", x_BTD)
+    t = x_BTD.shape[1]
+    f_NHWC = x_BTD.reshape(b * t, self.token_channels, TOKEN_PX, TOKEN_PX).transpose(0, 2, 3, 1)
+    y_NHWC = self.conv_decoder(f_NHWC, train=train)
+    return y_NHWC.reshape(b, t, PATCH_PX, PATCH_PX, self.channels)
+
+  def __call__(self, x_BTHWC: jax.Array, time_gaps_BG: jax.Array, *,
+               train: bool) -> tuple[jax.Array, jax.Array]:
+    z_BZ = self.encode(x_BTHWC, time_gaps_BG, train=train)
+    return self.decode(z_BZ, time_gaps_BG, train=train), z_BZ
+
+
+AE_FIELDS = tuple(f for f in TransformerAE.__dataclass_fields__ if f not in ("parent", "name"))
+_IGNORED_CONFIG_KEYS = ("kind",)
+
+
+def ae_from_config(cfg: Mapping[str, Any]) -> TransformerAE:
+  """Builds a TransformerAE from a ConfigDict/dict with the attribute names; unknown keys raise."""
+  cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+  unknown = sorted(set(cfg) - set(AE_FIELDS) - set(_IGNORED_CONFIG_KEYS))
+  if unknown:
+    raise ValueError(f"unknown TransformerAE config field(s) {unknown}; known: {list(AE_FIELDS)}")
+  kwargs = {k: cfg[k] for k in AE_FIELDS if k in cfg}
+  if "widths" in kwargs:
+    kwargs["widths"] = tuple(int(v) for v in kwargs["widths"])
+  return TransformerAE(**kwargs)
+
+
+def ae_config(model: TransformerAE) -> dict[str, Any]:
+  """JSON-able dict of the model fields (inverse of `ae_from_config`)."""
+  cfg = {k: getattr(model, k) for k in AE_FIELDS}
+  cfg["widths"] = list(cfg["widths"])
+  return cfg

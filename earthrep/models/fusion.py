@@ -1,0 +1,123 @@
+"""Sensor-generic fusion of per-sensor autoencoders (`FusedS1S2` of ARCHITECTURE.md section e).
+
+Each sensor keeps a whole `TransformerAE` as the submodule `ae_<sensor>`, so a stage-1 AE params tree is
+a verbatim subtree of the fusion params (`sensor_param_path`). Each encoder's code z_k is projected to a
+d_model token; token k gets the type-embedding row k and the pair-position row `offsets_BK[:, k]`
+(divided by sqrt(d_model); the reference uses offsets [0, delta_days] for [S1, S2]). Two pre-norm
+transformer layers mix the tokens, their mean is layer-normed and reduced to the fused embedding `zf`
+(Softplus). Per-sensor linear heads map zf back to each bottleneck and the sensors' own decoders
+reconstruct the patches. The reference's `bottleneck_expander` (7 -> 128) is never used in its forward
+pass and has no counterpart here. Intermediates are sown into `'intermediates'`.
+
+Dimension letters: B batch, K sensors (tokens), D fusion d_model, Y fused bottleneck, Z sensor bottleneck,
+T frames, G = T - 1 gaps, H/W rows/columns, C channels.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from earthrep.models import blocks
+from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config
+from earthrep.schema import FUSION_MAX_POSITION
+
+SensorInputs = Mapping[str, tuple[jax.Array, jax.Array]]   # sensor -> (x_BTHWC, time_gaps_BG)
+
+
+class FusionModel(nn.Module):
+  """Fuses the codes of `autoencoders` (one per entry of `sensors`, same order)."""
+  autoencoders: tuple[TransformerAE, ...]
+  sensors: tuple[str, ...] = ("s1", "s2")
+  bottleneck: int = 7
+  d_model: int = 128
+  heads: int = 4
+  ffn: int = 256
+  layers: int = 2
+  max_position: int = FUSION_MAX_POSITION
+  dropout: float = 0.1
+
+  def setup(self):
+    if len(self.autoencoders) != len(self.sensors):
+      raise ValueError(f"{len(self.autoencoders)} autoencoders for sensors {self.sensors}")
+    for sensor, ae in zip(self.sensors, self.autoencoders):
+      setattr(self, f"ae_{sensor}", ae.clone())
+      setattr(self, f"proj_{sensor}", nn.Dense(self.d_model))
+      setattr(self, f"head_{sensor}", nn.Dense(ae.bottleneck))
+    self.type_embed = nn.Embed(len(self.sensors), self.d_model)
+    self.pair_pos = nn.Embed(self.max_position + 1, self.d_model)
+    self.fuser = blocks.TransformerStack(self.layers, self.d_model, self.heads, self.ffn, self.dropout,
+                                         norm_first=True)
+    self.norm_out = blocks.layer_norm("norm_out")
+    self.bottleneck_reducer = nn.Dense(self.bottleneck)
+
+  def sensor_param_path(self, sensor: str) -> tuple[str, ...]:
+    """Path of `sensor`'s TransformerAE params inside the fusion params tree (below 'params')."""
+    if sensor not in self.sensors:
+      raise KeyError(f"unknown sensor {sensor!r}; this model fuses {self.sensors}")
+    return (f"ae_{sensor}",)
+
+  def _ae(self, sensor: str) -> TransformerAE:
+    return getattr(self, f"ae_{sensor}")
+
+  def _inputs(self, inputs: SensorInputs, sensor: str) -> tuple[jax.Array, jax.Array]:
+    if sensor not in inputs:
+      raise KeyError(f"inputs lack sensor {sensor!r}; got {sorted(inputs)}")
+    return inputs[sensor]
+
+  def _fuse(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
+            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    z = {s: self._ae(s).encode(*self._inputs(inputs, s), train=train) for s in self.sensors}
+    tokens_BKD = jnp.stack([getattr(self, f"proj_{s}")(z[s]) for s in self.sensors], axis=1)
+    tokens_BKD = (tokens_BKD + self.type_embed(jnp.arange(len(self.sensors)))
+                  + self.pair_pos(jnp.asarray(offsets_BK, jnp.int32)) / math.sqrt(self.d_model))
+    self.sow("intermediates", "fuser_in", tokens_BKD)
+    tokens_BKD = self.fuser(tokens_BKD, train=train)
+    self.sow("intermediates", "fuser_out", tokens_BKD)
+    pooled_BD = jnp.mean(tokens_BKD, axis=1)
+    self.sow("intermediates", "pooled", pooled_BD)
+    normed_BD = self.norm_out(pooled_BD)
+    self.sow("intermediates", "pooled_normed", normed_BD)
+    return blocks.softplus(self.bottleneck_reducer(normed_BD)), z
+
+  def embed(self, inputs: SensorInputs, offsets_BK: jax.Array, *, train: bool = False) -> jax.Array:
+    """The fused embedding zf (B, Y) without running the decoders."""
+    return self._fuse(inputs, offsets_BK, train=train)[0]
+
+  def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
+               train: bool) -> dict[str, Any]:
+    """Returns {'zf': (B, Y), 'z': {s: (B, Z_s)}, 'b': {s: (B, Z_s)}, 'recon': {s: (B, T, H, W, C_s)}}."""
+    zf_BY, z = self._fuse(inputs, offsets_BK, train=train)
+    b = {s: getattr(self, f"head_{s}")(zf_BY) for s in self.sensors}
+    recon = {s: self._ae(s).decode(b[s], self._inputs(inputs, s)[1], train=train) for s in self.sensors}
+    return {"zf": zf_BY, "z": z, "b": b, "recon": recon}
+
+
+FUSION_FIELDS = ("sensors", "bottleneck", "d_model", "heads", "ffn", "layers", "max_position", "dropout")
+
+
+def fusion_from_config(cfg: Mapping[str, Any]) -> FusionModel:
+  """Builds a FusionModel; `cfg.autoencoders` maps each sensor to a TransformerAE config."""
+  cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+  unknown = sorted(set(cfg) - set(FUSION_FIELDS) - {"autoencoders", "kind"})
+  if unknown:
+    raise ValueError(f"unknown FusionModel config field(s) {unknown}; known: {list(FUSION_FIELDS)}")
+  sensors = tuple(cfg.get("sensors", ("s1", "s2")))
+  ae_cfgs = cfg.get("autoencoders") or {}
+  missing = [s for s in sensors if s not in ae_cfgs]
+  if missing:
+    raise ValueError(f"fusion config lacks autoencoders for sensor(s) {missing}")
+  kwargs = {k: cfg[k] for k in FUSION_FIELDS if k in cfg and k != "sensors"}
+  return FusionModel(autoencoders=tuple(ae_from_config(ae_cfgs[s]) for s in sensors),
+                     sensors=sensors, **kwargs)
+
+
+def fusion_config(model: FusionModel) -> dict[str, Any]:
+  """JSON-able dict of the model fields (inverse of `fusion_from_config`)."""
+  cfg: dict[str, Any] = {k: getattr(model, k) for k in FUSION_FIELDS}
+  cfg["sensors"] = list(model.sensors)
+  cfg["autoencoders"] = {s: ae_config(ae) for s, ae in zip(model.sensors, model.autoencoders)}
+  return cfg

@@ -1,0 +1,103 @@
+"""Optimiser, learning-rate schedule and the reference's plateau/early-stopping logic.
+
+The reference (section f) trains with AdamW, a per-step LinearLR warm-up from `warmup_start_factor`
+to 1 and a per-validation ReduceLROnPlateau (abs threshold) on the selection metric, plus early
+stopping. Here the warm-up is a function of the step inside the jitted update and the plateau scale
+is a scalar in the train state, updated on the host after each validation; both are saved with the
+checkpoint, so a resumed run follows exactly the same learning-rate path. Frozen parameters get
+`optax.set_to_zero` through `optax.multi_transform`, which keeps no optimiser state for them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def warmup_factor(step: jax.Array, warmup_steps: int, start_factor: float) -> jax.Array:
+  """torch LinearLR: factor goes linearly from start_factor to 1 over warmup_steps, then stays 1."""
+  if warmup_steps <= 0:
+    return jnp.ones((), jnp.float32)
+  frac = jnp.minimum(step.astype(jnp.float32), warmup_steps) / warmup_steps
+  return start_factor + (1.0 - start_factor) * frac
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, trainable: Any | None = None
+                   ) -> optax.GradientTransformation:
+  """AdamW (decoupled decay scaled by lr, as torch) after global-norm clipping.
+
+  The learning rate is injected per step (`set_learning_rate`). `trainable` is a pytree of bools
+  shaped like the params; False leaves are frozen (zero update, no Adam moments).
+  """
+  adamw = optax.inject_hyperparams(optax.adamw)(
+      learning_rate=cfg.lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
+      weight_decay=cfg.weight_decay)
+  tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
+  if trainable is None:
+    return tx
+  labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def set_learning_rate(opt_state: Any, lr: jax.Array) -> Any:
+  """Writes `lr` into every injected-hyperparams state inside `opt_state`."""
+  def visit(node):
+    if isinstance(node, optax.InjectHyperparamsState):
+      hp = dict(node.hyperparams)
+      hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hp["learning_rate"]).dtype)
+      return node._replace(hyperparams=hp)
+    return node
+  return jax.tree.map(visit, opt_state, is_leaf=lambda n: isinstance(n, optax.InjectHyperparamsState))
+
+
+def learning_rate(cfg: ml_collections.ConfigDict, step: jax.Array, lr_scale: jax.Array) -> jax.Array:
+  # lr_scale is already floored at min_lr / lr by plateau_update (torch's min_lr).
+  return cfg.lr * warmup_factor(step, cfg.warmup_steps, cfg.warmup_start_factor) * lr_scale
+
+
+@dataclasses.dataclass
+class PlateauState:
+  """Host-side state of ReduceLROnPlateau (mode min, abs threshold) and early stopping."""
+  best: float = float("inf")
+  num_bad: int = 0
+  lr_scale: float = 1.0
+  stop_best: float = float("inf")
+  stop_bad: int = 0
+
+  def to_dict(self) -> dict[str, float]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "PlateauState":
+    return cls(**{k: d[k] for k in dataclasses.asdict(cls()) if k in d})
+
+
+def plateau_update(state: PlateauState, metric: float, cfg: ml_collections.ConfigDict
+                   ) -> tuple[PlateauState, bool]:
+  """One validation result -> (new state, stop?). Mirrors torch ReduceLROnPlateau(threshold_mode='abs')
+  and Lightning EarlyStopping(min_delta=0)."""
+  s = dataclasses.replace(state)
+  if metric < s.best - cfg.plateau_threshold:
+    s.best, s.num_bad = metric, 0
+  else:
+    s.num_bad += 1
+  if s.num_bad > cfg.plateau_patience:
+    s.lr_scale = max(s.lr_scale * cfg.plateau_factor, cfg.min_lr / cfg.lr)
+    s.num_bad = 0
+  if metric < s.stop_best:
+    s.stop_best, s.stop_bad = metric, 0
+  else:
+    s.stop_bad += 1
+  patience = cfg.get("early_stopping_patience", 0)
+  return s, bool(patience and s.stop_bad >= patience)
+
+
+def count_params(tree: Any, mask: Any | None = None) -> int:
+  leaves = jax.tree.leaves(tree)
+  if mask is None:
+    return int(sum(x.size for x in leaves))
+  return int(sum(x.size for x, m in zip(leaves, jax.tree.leaves(mask)) if m))
