@@ -70,6 +70,8 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
   c.seed = 42
   c.worker_count = 0
   c.num_devices = 0          # 0: all devices
+  c.async_checkpointing = True
+  c.eval_at_start = True     # validation at step 0 gives the baseline the demo compares against
   if variant == "runlocal":
     c.batch_size = 32
     c.total_steps = 600

@@ -76,6 +76,7 @@ def _combined_weights(center_mae: float) -> np.ndarray:
   return weight_THW
 
 
+@jax.jit
 def _pairwise_sum(x: jax.Array) -> jax.Array:
   """Sum of all elements by pairwise (tree) summation, error O(log n) ulp as in torch/numpy.
 

@@ -45,13 +45,16 @@ def make_optimizer(cfg: ml_collections.ConfigDict, trainable: Any | None = None
 
 def set_learning_rate(opt_state: Any, lr: jax.Array) -> Any:
   """Writes `lr` into every injected-hyperparams state inside `opt_state`."""
+  def is_inject(node) -> bool:
+    return hasattr(node, "hyperparams") and hasattr(node, "_replace")
+
   def visit(node):
-    if isinstance(node, optax.InjectHyperparamsState):
+    if is_inject(node):
       hp = dict(node.hyperparams)
       hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hp["learning_rate"]).dtype)
       return node._replace(hyperparams=hp)
     return node
-  return jax.tree.map(visit, opt_state, is_leaf=lambda n: isinstance(n, optax.InjectHyperparamsState))
+  return jax.tree.map(visit, opt_state, is_leaf=is_inject)
 
 
 def learning_rate(cfg: ml_collections.ConfigDict, step: jax.Array, lr_scale: jax.Array) -> jax.Array:

@@ -1,0 +1,181 @@
+"""Model tests: full-size shapes and parameter counts (traced only, never compiled), then behaviour on tiny
+variants: batch independence of the default encoder, batch mixing of the compatibility mode, dropout,
+the sown intermediates, encode/decode methods, torch-exact activations and the config builders."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from earthrep.models import blocks, torch_import
+from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config, frame_positions
+from earthrep.models.fusion import FusionModel, fusion_config, fusion_from_config
+
+TINY = dict(widths=(8, 8, 8), d_model=32, token_dim=8, heads=2, ffn=8, layers=1)
+INTERMEDIATES = {"enc_dimred", "enc_transformer_in", "enc_transformer_out", "enc_linear", "enc_token_reduced",
+                 "dec_expanded", "dec_token_upsampled", "dec_linear", "dec_transformer_in", "dec_transformer_out"}
+
+
+def _count(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _inputs(channels: int, batch: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.uniform(0, 0.4, (batch, 11, 15, 15, channels)), jnp.float32)
+  gaps = jnp.asarray(rng.integers(0, 15, (batch, 10)), jnp.int32)
+  return x, gaps
+
+
+def _full_fusion() -> FusionModel:
+  return FusionModel((TransformerAE(2, 2, 7), TransformerAE(10, 9, 6)))
+
+
+@pytest.mark.parametrize("channels,bottleneck,tokens,count", [(2, 2, 7, 3_712_061), (10, 9, 6, 3_726_109)])
+def test_full_size_ae_counts_and_shapes(channels, bottleneck, tokens, count):
+  model = TransformerAE(channels, bottleneck, tokens)
+  params = torch_import.abstract_params(model)
+  assert _count(params) == count   # the reference's unique (deduplicated) parameter count
+  assert params["time_table"]["embedding"].shape == (201, 256)
+  x, gaps = _inputs(channels, 3)
+  recon, z = jax.eval_shape(lambda p: model.apply({"params": p}, x, gaps, train=False), params)
+  assert recon.shape == (3, 11, 15, 15, channels) and z.shape == (3, bottleneck)
+
+
+def test_full_size_fusion_counts_and_subtrees():
+  model = _full_fusion()
+  params = torch_import.abstract_params(model)
+  fusion_only = _count(params) - _count(params["ae_s1"]) - _count(params["ae_s2"])
+  # Reference fusion-only count 314,079 includes its unused bottleneck_expander (7*128 + 128 = 1,024).
+  assert fusion_only == 314_079 - 1_024
+  for sensor, ae in zip(model.sensors, model.autoencoders):
+    sub = params
+    for k in model.sensor_param_path(sensor):
+      sub = sub[k]
+    stage1 = torch_import.abstract_params(ae)
+    assert jax.tree.structure(sub) == jax.tree.structure(stage1)
+    assert jax.tree.map(lambda a, b: a.shape == b.shape, sub, stage1) == jax.tree.map(lambda _: True, stage1)
+  inputs, offsets = torch_import.example_inputs(model, batch=2)
+  out = jax.eval_shape(lambda p: model.apply({"params": p}, inputs, offsets, train=False), params)
+  assert out["zf"].shape == (2, 7)
+  assert out["recon"]["s1"].shape == (2, 11, 15, 15, 2) and out["recon"]["s2"].shape == (2, 11, 15, 15, 10)
+  assert out["z"]["s2"].shape == (2, 9) and out["b"]["s1"].shape == (2, 2)
+  zf = jax.eval_shape(lambda p: model.apply({"params": p}, inputs, offsets, method=FusionModel.embed), params)
+  assert zf.shape == (2, 7)
+  with pytest.raises(KeyError, match="s3"):
+    model.sensor_param_path("s3")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  models = {mix: TransformerAE(3, 4, 5, **TINY, reference_batch_mixing=mix) for mix in (False, True)}
+  x, gaps = _inputs(3, 4)
+  params = models[False].init(jax.random.key(0), x, gaps, train=False)["params"]
+  apply = {mix: jax.jit(lambda p, x, g, m=m: m.apply({"params": p}, x, g, train=False)) for mix, m in models.items()}
+  return models, params, x, gaps, apply
+
+
+def test_default_mode_is_independent_of_batch(tiny):
+  _, params, x, gaps, apply = tiny
+  recon, z = apply[False](params, x, gaps)
+  recon0, z0 = apply[False](params, x[:1], gaps[:1])
+  np.testing.assert_allclose(z0[0], z[0], atol=1e-6)
+  np.testing.assert_allclose(recon0[0], recon[0], atol=1e-6)
+  _, z_perm = apply[False](params, x[::-1], gaps[::-1])
+  np.testing.assert_allclose(z_perm[::-1], z, atol=1e-6)
+
+
+def test_compat_mode_mixes_the_batch(tiny):
+  _, params, x, gaps, apply = tiny
+  _, z = apply[True](params, x, gaps)
+  _, z0 = apply[True](params, x[:1], gaps[:1])
+  _, z_default = apply[False](params, x[:1], gaps[:1])
+  assert np.max(np.abs(z0[0] - z[0])) > 1e-4          # depends on the other samples
+  np.testing.assert_allclose(z0, z_default, atol=1e-6)   # a batch of one attends to itself only
+  _, z_perm = apply[True](params, x[::-1], gaps[::-1])
+  np.testing.assert_allclose(z_perm[::-1], z, atol=1e-5)   # permutation-equivariant over the batch
+
+
+def test_dropout_only_in_train_and_driven_by_rng(tiny):
+  models, params, x, gaps, apply = tiny
+  model = models[False]
+  train = jax.jit(lambda p, r: model.apply({"params": p}, x, gaps, train=True, rngs={"dropout": r}))
+  recon_eval, _ = apply[False](params, x, gaps)
+  a, _ = train(params, jax.random.key(1))
+  b, _ = train(params, jax.random.key(1))
+  c, _ = train(params, jax.random.key(2))
+  np.testing.assert_array_equal(a, b)
+  assert np.max(np.abs(a - c)) > 1e-6 and np.max(np.abs(a - recon_eval)) > 1e-6
+  with pytest.raises(Exception, match="dropout"):   # train mode needs the 'dropout' stream
+    model.apply({"params": params}, x, gaps, train=True)
+
+
+def test_encode_decode_and_intermediates(tiny):
+  models, params, x, gaps, _ = tiny
+  model = models[False]
+  (recon, z), state = model.apply({"params": params}, x, gaps, train=False, mutable=["intermediates"])
+  inter = {k: v[0] for k, v in state["intermediates"].items()}
+  assert set(inter) == INTERMEDIATES
+  assert inter["enc_dimred"].shape == (4, 11, 4, 4, 2) and inter["enc_token_reduced"].shape == (4, 8, 5)
+  assert inter["dec_expanded"].shape == (4, 40) and inter["dec_token_upsampled"].shape == (4, 8, 11)
+  z2 = model.apply({"params": params}, x, gaps, train=False, method=TransformerAE.encode)
+  recon2 = model.apply({"params": params}, z2, gaps, train=False, method=TransformerAE.decode)
+  np.testing.assert_allclose(z2, z, atol=1e-6)
+  np.testing.assert_allclose(recon2, recon, atol=1e-6)
+  assert bool(jnp.all(z > 0))   # Softplus bottleneck
+
+
+def test_tiny_fusion_runs_and_embed_matches():
+  aes = tuple(TransformerAE(c, b, 3, **TINY) for c, b in ((2, 2), (10, 9)))
+  model = FusionModel(aes, ("s1", "s2"), bottleneck=7, d_model=16, heads=2, ffn=16, layers=1)
+  (x1, g1), (x2, g2) = _inputs(2, 2), _inputs(10, 2, seed=1)
+  inputs, offsets = {"s1": (x1, g1), "s2": (x2, g2)}, jnp.array([[0, 3], [0, 0]], jnp.int32)
+  params = model.init(jax.random.key(0), inputs, offsets, train=False)["params"]
+  out = model.apply({"params": params}, inputs, offsets, train=False)
+  zf = model.apply({"params": params}, inputs, offsets, method=FusionModel.embed)
+  np.testing.assert_allclose(zf, out["zf"], atol=1e-6)
+  assert out["recon"]["s2"].shape == (2, 11, 15, 15, 10)
+  rebuilt = fusion_from_config(fusion_config(model))
+  assert rebuilt == model
+  with pytest.raises(KeyError, match="s2"):
+    model.apply({"params": params}, {"s1": (x1, g1)}, offsets, train=False)
+
+
+def test_config_builders():
+  cfg = ml_collections.ConfigDict(dict(channels=2, bottleneck=2, reduced_tokens=7, **TINY, max_position=200,
+                                       reference_batch_mixing=True))
+  model = ae_from_config(cfg)
+  assert model.widths == (8, 8, 8) and model.reference_batch_mixing
+  assert ae_from_config(ae_config(model)) == model
+  with pytest.raises(ValueError, match="d_modle"):
+    ae_from_config(dict(channels=2, bottleneck=2, reduced_tokens=7, d_modle=3))
+
+
+def test_torch_exact_activations_and_positions():
+  x = jnp.array([-30.0, -1.0, 0.0, 19.9, 20.0, 20.5, 80.0])
+  sp = blocks.softplus(x)
+  np.testing.assert_allclose(sp[:5], np.log1p(np.exp(np.asarray(x[:5], np.float64))), rtol=1e-6)
+  assert sp[5] == x[5] and sp[6] == x[6]
+  np.testing.assert_allclose(blocks.selu(jnp.array([-1.0, 1.0])),
+                             [1.0507009873554805 * 1.6732632423543772 * (np.exp(-1) - 1), 1.0507009873554805],
+                             rtol=1e-6)
+  np.testing.assert_allclose(blocks.leaky_relu(jnp.array([-2.0, 3.0]), 0.1), [-0.2, 3.0])
+  pos = frame_positions(jnp.array([[1, 0, 2, 3, 0, 0, 5, 1, 1, 1]]))
+  np.testing.assert_array_equal(pos, [[0, 1, 1, 3, 6, 6, 6, 11, 12, 13, 14]])
+
+
+def test_conv_transpose_matches_lax_reference():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
+  layer = blocks.ConvTranspose2x2(5, crop=1)
+  params = layer.init(jax.random.key(0), x)
+  k = params["params"]["kernel"]
+  # torch semantics == lax.conv_transpose with the kernel flipped (transpose_kernel), then crop 1.
+  want = jax.lax.conv_transpose(x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                transpose_kernel=True)
+  want = want.at[:].add(0)[:, 1:, 1:, :] + params["params"]["bias"]
+  got = layer.apply(params, x)
+  assert got.shape == (2, 7, 7, 5)
+  np.testing.assert_allclose(got, want, atol=1e-5)

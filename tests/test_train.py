@@ -1,0 +1,173 @@
+"""End-to-end stage-1 training on tiny shards: learning, checkpoints, 1 vs 2 devices, kill + resume, NaN guard."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from conftest import REPO, run_module
+from earthrep import checkpoint, configs, train
+
+
+def _test_config(sensor: str, data_dir, **overrides):
+  config = configs.stage1_config(sensor, "test")
+  config.data_dir = str(data_dir)
+  config.update(overrides)
+  return config
+
+
+def _latest_params(workdir):
+  mgr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("params",))
+  step = mgr.latest_step()
+  return step, ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "params")
+
+
+def test_stage1_trains_checkpoints_and_restores_best(tiny_shards, tmp_path):
+  config = _test_config("s2", tiny_shards("s2"), total_steps=8, eval_every_steps=4)
+  out = train.train_and_evaluate(config, tmp_path / "s2")
+  assert out["step"] == 8
+  steps = [h["step"] for h in out["history"]]
+  assert steps == [0, 4, 8]
+  assert all(np.isfinite(h["val_metric"]) and h["val_metric"] > 0 for h in out["history"])
+  # best/ holds the lowest validation metric; the fusion stage loads params from there.
+  best_dir = checkpoint.find_params_dir(tmp_path / "s2")
+  best = min(out["history"][1:], key=lambda h: h["val_metric"])
+  assert best_dir.name == str(best["step"])
+  params = checkpoint.load_params(tmp_path / "s2", target=out["params"])
+  assert len(params) == len(out["params"])
+  cfg = json.loads((tmp_path / "s2" / "model_config.json").read_text())
+  assert cfg["sensor"] == "s2" and cfg["model"]["channels"] == 10
+  assert list((tmp_path / "s2" / "tensorboard").iterdir()), "no TensorBoard event file"
+
+
+def test_validation_metric_falls(tiny_shards, tmp_path):
+  config = _test_config("s1", tiny_shards("s1"), total_steps=30, eval_every_steps=30)
+  config.optimizer.lr = 3e-3
+  out = train.train_and_evaluate(config, tmp_path / "s1")
+  first, last = out["history"][0]["val_metric"], out["history"][-1]["val_metric"]
+  assert last < 0.7 * first, (first, last)
+
+
+def test_resume_is_a_no_op_when_finished(tiny_shards, tmp_path):
+  config = _test_config("s2", tiny_shards("s2"), total_steps=4, eval_every_steps=2)
+  first = train.train_and_evaluate(config, tmp_path / "w")
+  again = train.train_and_evaluate(config, tmp_path / "w")
+  assert again["step"] == 4 and again["history"] == []
+  for a, b in zip(_leaves(first["params"]), _leaves(again["params"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def _leaves(tree):
+  import jax
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _train_cmd(data_dir, workdir, total_steps):
+  return [sys.executable, "-m", "earthrep.train", "--config", "experiments/s2_ae.py:test",
+          "--workdir", str(workdir), f"--config.data_dir={data_dir}", f"--config.total_steps={total_steps}",
+          "--config.eval_every_steps=5", "--config.checkpoint_every_steps=1", "--config.log_every_steps=1"]
+
+
+def test_sigkill_and_resume_reaches_bitwise_same_params(tiny_shards, tmp_path):
+  data_dir, total = tiny_shards("s2"), 14
+  run_module("earthrep.train", *_train_cmd(data_dir, tmp_path / "straight", total)[3:])
+  # Kill the second run hard in the middle of training (while checkpoints are being written).
+  proc = subprocess.Popen(_train_cmd(data_dir, tmp_path / "killed", total), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  killed_at = None
+  for line in proc.stdout:
+    if "step 7/" in line:
+      proc.send_signal(signal.SIGKILL)
+      killed_at = 7
+      break
+  proc.wait(timeout=120)
+  assert killed_at and proc.returncode == -signal.SIGKILL
+  step_before, _ = _latest_params(tmp_path / "killed")
+  assert step_before < total
+  run_module("earthrep.train", *_train_cmd(data_dir, tmp_path / "killed", total)[3:])
+  s1, p1 = _latest_params(tmp_path / "straight")
+  s2, p2 = _latest_params(tmp_path / "killed")
+  assert s1 == s2 == total
+  for a, b in zip(_leaves(p1), _leaves(p2)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_same_loss_on_one_and_two_devices(tiny_shards):
+  script = textwrap.dedent(f"""
+      import functools, jax, jax.numpy as jnp, numpy as np
+      from earthrep import configs, data, optim, parallel, tasks, train
+      config = configs.stage1_config("s2", "test")
+      config.data_dir = {str(tiny_shards("s2"))!r}
+      task = tasks.make_task(config)
+      tx = optim.make_optimizer(config.optimizer)
+      batch = next(iter(data.make_loader(config.data_dir, "train", global_batch_size=8, seed=0)))
+      key = jax.random.key(0)
+      params0 = jax.jit(task.init)(key, task.example_batch(8))
+      out = {{}}
+      for n in (1, 2):
+        mesh = parallel.make_mesh(n)
+        params = parallel.replicate(params0, mesh)
+        opt_state = jax.jit(tx.init)(params)
+        step = jax.jit(functools.partial(train._train_step, task, tx, config.optimizer))
+        p, _, m = step(params, opt_state, parallel.host_batch_to_global(batch, mesh),
+                       jnp.asarray(3, jnp.int32), jnp.asarray(1.0), key)
+        out[n] = (float(m["loss"]), jax.tree.leaves(p))
+        assert len(jax.tree.leaves(p)[0].sharding.device_set) == n
+      print("devices", jax.device_count())
+      print("loss", out[1][0], out[2][0])
+      np.testing.assert_allclose(out[1][0], out[2][0], rtol=1e-6)
+      for a, b in zip(out[1][1], out[2][1]):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+      print("ok")
+  """)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "devices 2" in proc.stdout and proc.stdout.strip().endswith("ok")
+
+
+def test_non_finite_loss_raises_with_step(tiny_shards, tmp_path, monkeypatch):
+  real_make_loader = train.data_lib.make_loader
+
+  class Poisoned:
+    """Delegates to the real iterator and puts an inf into the inputs of the 3rd batch."""
+
+    def __init__(self, it):
+      self.it, self.n = it, 0
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      batch = dict(next(self.it))
+      self.n += 1
+      if self.n == 3:
+        batch["s2_x"] = np.array(batch["s2_x"])
+        batch["s2_x"][0, 5, 7, 7, 0] = np.inf
+      return batch
+
+    def get_state(self):
+      return self.it.get_state()
+
+    def set_state(self, state):
+      self.it.set_state(state)
+
+  class Loader:
+    def __init__(self, *a, **k):
+      self.loader = real_make_loader(*a, **k)
+
+    def __iter__(self):
+      return Poisoned(iter(self.loader))
+
+  monkeypatch.setattr(train.data_lib, "make_loader", Loader)
+  config = _test_config("s2", tiny_shards("s2"), total_steps=6, eval_every_steps=6, eval_at_start=False)
+  with pytest.raises(train.NonFiniteError, match="step 3"):
+    train.train_and_evaluate(config, tmp_path / "nan")
