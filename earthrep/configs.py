@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# Per-sensor stage-1 sizes (section b): channels, bottleneck, reduced tokens. S2 uses 6 tokens as the
-# released fusion checkpoint needs (train_modality.py used 7; see contradiction 3).
-STAGE1_SENSORS = {
-    "s1": dict(channels=2, bottleneck=2, reduced_tokens=7),
-    "s2": dict(channels=10, bottleneck=9, reduced_tokens=6),
-}
+from earthrep import sensors
 
 # Full-size widths of the reference, and the shrunken ones of the CPU variants.
 WIDTHS = {
@@ -54,7 +49,7 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
   c.sensor = sensor
   c.data_dir = f"demo/shards/{sensor}"
   c.model = ml_collections.ConfigDict(dict(
-      **STAGE1_SENSORS[sensor], **WIDTHS[variant], max_position=200, reference_batch_mixing=False))
+      **sensors.get(sensor).stage1, **WIDTHS[variant], max_position=200, reference_batch_mixing=False))
   # Stage-1 objective of the released code: MAE only (section d); default mode fixes the centre metric.
   c.loss = ml_collections.ConfigDict(dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0,
                                           center_mae=1.0, reference=False))
@@ -85,4 +80,33 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
     c.eval_every_steps = 3
     c.log_every_steps = 1
     c.keep_best = 1
+  return c
+
+
+FUSION_SIZES = {
+    "": dict(bottleneck=7, d_model=128, heads=4, ffn=256, layers=2, max_position=350, dropout=0.1),
+    "runlocal": dict(bottleneck=7, d_model=128, heads=4, ffn=256, layers=2, max_position=350, dropout=0.1),
+    "test": dict(bottleneck=7, d_model=32, heads=2, ffn=32, layers=1, max_position=350, dropout=0.1),
+}
+
+
+def fusion_config(arg: str | None, sensor_names: tuple[str, ...] = ("s1", "s2")
+                  ) -> ml_collections.ConfigDict:
+  """Stage 2 on the fused shards; the autoencoder sizes come from the stage-1 checkpoints."""
+  variant = variant_of(arg)
+  c = stage1_config("s2", arg)   # same schedule fields; overridden below where stage 2 differs
+  del c.sensor
+  c.task = "fusion"
+  c.sensors = sensor_names
+  for s in sensor_names:
+    setattr(c, f"{s}_workdir", f"demo/runs/{s}_ae")
+  c.data_dir = "demo/shards/fused"
+  c.freeze_encoders = True       # the paper: only the fusion layers are trained (released code: False)
+  c.model = ml_collections.ConfigDict(FUSION_SIZES[variant])
+  c.loss = ml_collections.ConfigDict(dict(reference=False))   # per-sensor weights: earthrep.sensors
+  c.optimizer = optimizer_config("fusion", variant)
+  # Any-day training: hide the centre S2 frame of this fraction of samples from the input while keeping
+  # it as the loss target (0 reproduces the reference's training).
+  c.data_kwargs = ml_collections.ConfigDict(dict(hide_centre_prob=0.25, hide_sensor="s2"))
+  c.keep_best = 1                # the reference keeps the single best fusion checkpoint
   return c

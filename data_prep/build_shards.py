@@ -1,0 +1,403 @@
+"""Cuts training patches out of site cubes and writes them as ArrayRecord shards plus metadata.json.
+
+  python -m data_prep.build_shards --cubes demo/cubes --out demo/shards/fused --modality fused
+
+Sampling is the reference's `extract_sentinel_patches` in training mode (ARCHITECTURE.md section f),
+with a seeded RNG per cube (`SeedSequence([seed, cube_index])`) where the reference used unseeded
+`np.random`, so a build is reproducible and independent of how many cubes precede a cube's split:
+* fused / s2: S2 dates kept by the training cloud filter (valid count over (h, w, c) >=
+  int(0.03*h*w*c)); windows of 20 consecutive kept dates, stride 17 (a cube with 11..19 dates gives one
+  window of all of them, as in the reference's `time_win = T`; fewer than 11 gives none); 15x15 crops,
+  stride 9; 11 of the 20 dates drawn uniformly without replacement and sorted, one draw per candidate
+  in the reference's (t, y, x) order, drawn before filtering. S1 frame = the S1 acquisition nearest to
+  each S2 date (repeats allowed) among those in [first S2 date - 7 d, last S2 date + 7 d] (calendar
+  days, all S2 dates before the cloud filter), preprocessed (rolling mean, dB, scaling) on that range.
+  The s2 modality uses exactly the fused sampling (same RNG stream), so its records are the S2 half of
+  the fused ones: the reference's S2-only branch crashes (contradiction 6) and its intended default
+  arguments are the fused ones. Fused records whose matched S1 dates span >= 200 days are kept, as in
+  the reference (contradiction 9), and counted in the metadata.
+* s1: the native S1 acquisitions in that same range; windows of 40 consecutive acquisitions, stride 40;
+  15x15 crops, stride 15; 11 of 40, sorted.
+Filters: centre pixel of the centre frame valid in some channel of 0..9 (S2, fused) or of either S1
+channel (s1), and frame span (last - first calendar day) < 200 days (S2 dates; S1 dates for s1).
+
+Split by cube: `random.Random(seed)`, `sample(range(n), int(f_train*n))` -> train, the rest shuffled with
+the same stream, first `int(f_val/(f_val+f_test) * rest)` -> validation, the remainder -> test (the
+reference with n=500, fractions 0.75/0.1667/0.0833). With n >= 3 every split with a positive fraction
+gets at least one cube, taken from the largest split.
+
+Files: `OUT/<split>/<modality>-<split>.array_record-<i:05d>-of-<n:05d>` (group_size 1 for random
+access), each written under a temporary name and renamed; `OUT/metadata.json` is written last, also
+atomically, so a directory with metadata.json is a finished build. Cubes are read one at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import logging
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from earthrep import cube as cube_lib
+from earthrep import preprocess, schema
+from earthrep.data.shards import SPLITS, is_shard_file, shard_filename
+
+log = logging.getLogger("build_shards")
+
+DEFAULT_SPLIT_FRACTIONS = (0.75, 1 / 6, 1 / 12)
+DEFAULT_RECORDS_PER_SHARD = 1024
+S1_MARGIN_DAYS = 7
+WRITER_OPTIONS = "group_size:1"
+_CHUNK = 256   # candidates cut at a time (bounds memory for large cubes)
+
+
+class BuildError(RuntimeError):
+  pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  time_window: int
+  time_stride: int
+  spatial_stride: int
+  frames: int = schema.PATCH_FRAMES
+  patch_px: int = schema.PATCH_PX
+  max_span_days: int = schema.MAX_SPAN_DAYS
+  min_valid_fraction: float = preprocess.TRAIN_MIN_VALID_FRACTION
+  s1_margin_days: int = S1_MARGIN_DAYS
+
+
+SAMPLING = {"fused": Sampling(20, 17, 9), "s2": Sampling(20, 17, 9), "s1": Sampling(40, 40, 15)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Split by cube.
+# ---------------------------------------------------------------------------------------------
+def split_cubes(n: int, seed: int, fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS
+                ) -> dict[str, list[int]]:
+  """Cube indices per split (sorted), the reference's scheme generalised (see module docstring)."""
+  f = np.asarray(list(fractions) + [0.0] * (3 - len(fractions)), np.float64)
+  if len(fractions) > 3 or (f < 0).any() or f.sum() <= 0:
+    raise ValueError(f"split fractions {list(fractions)}: expected up to 3 non-negative numbers")
+  f = f / f.sum()
+  n_train = int(f[0] * n + 1e-9)
+  rest = n - n_train
+  n_val = int(f[1] / (f[1] + f[2]) * rest + 1e-9) if f[1] + f[2] > 0 else 0
+  counts = [n_train, n_val, rest - n_val]
+  if n >= 3:  # few cubes: no split with a positive fraction stays empty
+    for i in range(3):
+      if f[i] > 0 and counts[i] == 0:
+        counts[int(np.argmax(counts))] -= 1
+        counts[i] = 1
+  rng = random.Random(seed)
+  train = rng.sample(range(n), counts[0])
+  remaining = [i for i in range(n) if i not in set(train)]
+  rng.shuffle(remaining)
+  return {"train": sorted(train), "validation": sorted(remaining[:counts[1]]),
+          "test": sorted(remaining[counts[1]:])}
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling one cube.
+# ---------------------------------------------------------------------------------------------
+def s1_in_range(cube: schema.SiteCube, margin_days: int = S1_MARGIN_DAYS) -> np.ndarray:
+  """Indices of S1 acquisitions within [first S2 day - margin, last S2 day + margin] (calendar days)."""
+  s2_days = schema.datetime_to_days(cube.s2_time)
+  s1_days = schema.datetime_to_days(cube.s1_time)
+  if s2_days.size == 0:
+    return np.zeros(0, np.int64)
+  return np.flatnonzero((s1_days >= s2_days[0] - margin_days) & (s1_days <= s2_days[-1] + margin_days))
+
+
+def candidates(n_t: int, h: int, w: int, sampling: Sampling, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """All candidate patches in the reference's (t, y, x) order: (frame indices (N, 11), y0 (N,), x0 (N,))."""
+  window = min(sampling.time_window, n_t)
+  p, s = sampling.patch_px, sampling.spatial_stride
+  if window < sampling.frames or h < p or w < p:
+    return np.zeros((0, sampling.frames), np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+  t0 = np.arange(0, n_t - window + 1, sampling.time_stride)
+  t0, y0, x0 = (a.reshape(-1) for a in np.meshgrid(t0, np.arange(0, h - p + 1, s),
+                                                    np.arange(0, w - p + 1, s), indexing="ij"))
+  # A uniform `frames`-subset of the window per candidate: the first columns of a random permutation.
+  chosen = np.sort(np.argsort(rng.random((t0.size, window)), axis=1)[:, :sampling.frames], axis=1)
+  return t0[:, None] + chosen, y0, x0
+
+
+def cut(series_thwc: np.ndarray, frames_bt: np.ndarray, y0_b: np.ndarray, x0_b: np.ndarray,
+        patch_px: int = schema.PATCH_PX) -> np.ndarray:
+  """(b, t, p, p, c) patches at the given frames and top-left corners."""
+  offs = np.arange(patch_px)
+  yy = (y0_b[:, None] + offs)[:, None, :, None]
+  xx = (x0_b[:, None] + offs)[:, None, None, :]
+  return series_thwc[frames_bt[:, :, None, None], yy, xx]
+
+
+def cube_records(cube: schema.SiteCube, modality: str, cube_index: int, seed: int,
+                 delta_rule: str = "calendar", stats: dict[str, int] | None = None
+                 ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the records (dicts of `RecordSpec(modality)` fields, NaN = invalid) of one cube."""
+  sampling = SAMPLING[modality]
+  stats = {} if stats is None else stats
+  rng = np.random.default_rng(np.random.SeedSequence([seed, cube_index]))
+  s1_idx = s1_in_range(cube, sampling.s1_margin_days)
+  if modality == "s1":
+    driver = preprocess.prepare_s1(cube.s1_gamma0[s1_idx])
+    driver_time = cube.s1_time[s1_idx]
+    centre_channels = slice(0, len(schema.S1_BANDS))
+  else:
+    s2_all = preprocess.prepare_s2(cube.s2_reflectance, cube.cloud_mask)
+    keep = preprocess.clear_dates(s2_all, sampling.min_valid_fraction)
+    driver, driver_time = s2_all[keep], cube.s2_time[keep]
+    del s2_all
+    centre_channels = slice(0, len(schema.S2_BANDS))
+    if modality == "fused":
+      if s1_idx.size == 0:
+        stats["no_s1"] = 1
+        return
+      s1_series = preprocess.prepare_s1(cube.s1_gamma0[s1_idx])
+      s1_time = cube.s1_time[s1_idx]
+      nearest = preprocess.nearest_s1_index(driver_time, s1_time)
+      s1_days_all = schema.datetime_to_days(s1_time)
+  driver_days = schema.datetime_to_days(driver_time)
+  h, w = driver.shape[1:3]
+  frames, y0, x0 = candidates(len(driver), h, w, sampling, rng)
+  stats["candidates"] = stats.get("candidates", 0) + len(frames)
+  for start in range(0, len(frames), _CHUNK):
+    f_b, y_b, x_b = frames[start:start + _CHUNK], y0[start:start + _CHUNK], x0[start:start + _CHUNK]
+    patches = cut(driver, f_b, y_b, x_b)
+    days = driver_days[f_b]
+    centre_ok = preprocess.centre_valid(patches, centre_channels)
+    span_ok = preprocess.span_ok(days, sampling.max_span_days)
+    stats["dropped_centre"] = stats.get("dropped_centre", 0) + int((~centre_ok).sum())
+    stats["dropped_span"] = stats.get("dropped_span", 0) + int((centre_ok & ~span_ok).sum())
+    keep = np.flatnonzero(centre_ok & span_ok)
+    if keep.size == 0:
+      continue
+    patches, days, f_b, y_b, x_b = patches[keep], days[keep], f_b[keep], y_b[keep], x_b[keep]
+    if modality == "s1":
+      fields = {"s1": patches, "s1_days": days}
+    else:
+      fields = {"s2": patches, "s2_days": days}
+    if modality == "fused":
+      s1_frames = nearest[f_b]
+      s1_days = s1_days_all[s1_frames]
+      c = schema.CENTRE_FRAME
+      fields |= {"s1": cut(s1_series, s1_frames, y_b, x_b), "s1_days": s1_days,
+                 "delta_days": preprocess.delta_days(s1_time[s1_frames[:, c]], driver_time[f_b[:, c]],
+                                                     delta_rule)}
+      stats["s1_span_ge_max"] = stats.get("s1_span_ge_max", 0) + int(
+          (~preprocess.span_ok(s1_days, sampling.max_span_days)).sum())
+    for i in range(len(keep)):
+      record = {k: v[i] for k, v in fields.items()}
+      record |= {"cube_index": np.int32(cube_index), "y0": np.int32(y_b[i]), "x0": np.int32(x_b[i])}
+      yield record
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing.
+# ---------------------------------------------------------------------------------------------
+class SplitWriter:
+  """Writes one split's records into files of `records_per_shard`, renamed to final names on close."""
+
+  def __init__(self, out_dir: Path, modality: str, split: str, records_per_shard: int):
+    self.dir = out_dir / split
+    self.dir.mkdir(parents=True, exist_ok=True)
+    self.modality, self.split, self.per_shard = modality, split, records_per_shard
+    self.temp_paths: list[Path] = []
+    self.counts: list[int] = []
+    self._writer: ArrayRecordWriter | None = None
+
+  def write(self, record: bytes) -> None:
+    if self._writer is None or self.counts[-1] >= self.per_shard:
+      self._close_current()
+      path = self.dir / f".{self.modality}-{self.split}.{len(self.temp_paths):05d}.partial"
+      self._writer = ArrayRecordWriter(str(path), WRITER_OPTIONS)
+      if not self._writer.ok():
+        raise BuildError(f"{path}: cannot open for writing")
+      self.temp_paths.append(path)
+      self.counts.append(0)
+    self._writer.write(record)
+    self.counts[-1] += 1
+
+  def _close_current(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+  def close(self, out_dir: Path) -> list[dict[str, Any]]:
+    self._close_current()
+    files = []
+    for i, (temp, n) in enumerate(zip(self.temp_paths, self.counts)):
+      final = self.dir / shard_filename(self.modality, self.split, i, len(self.temp_paths))
+      os.replace(temp, final)
+      files.append({"path": str(final.relative_to(out_dir)), "num_records": n})
+    return files
+
+  def abort(self) -> None:
+    self._close_current()
+    for temp in self.temp_paths:
+      temp.unlink(missing_ok=True)
+
+
+def _code_version() -> str:
+  root = Path(__file__).resolve().parent.parent
+  try:
+    rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                         timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=10).stdout.strip()
+    return rev + ("-dirty" if dirty else "")
+  except (OSError, subprocess.SubprocessError):
+    from importlib import metadata
+    try:
+      return "earthrep " + metadata.version("earthrep")
+    except metadata.PackageNotFoundError:
+      return "unknown"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+  temp = path.with_name(f".{path.name}.partial")
+  temp.write_text(text)
+  os.replace(temp, path)
+
+
+def _clear_previous(out: Path) -> None:
+  """Removes a previous build's metadata first (so a half-rebuilt directory never looks finished)."""
+  (out / schema.SHARD_METADATA).unlink(missing_ok=True)
+  for split in SPLITS:
+    if (out / split).is_dir():
+      for p in (out / split).iterdir():
+        if is_shard_file(p) or p.name.endswith(".partial"):
+          p.unlink()
+
+
+def _scaling() -> dict[str, str]:
+  return {"s2": "L2A reflectance, clipped to [0, 1]; NaN where the cloud class != clear or no data",
+          "s1": (f"gamma0 linear power: centred rolling mean of {schema.S1_ROLLING_WINDOW} acquisitions "
+                 f"(min_periods 1), dB = 10 log10, clip [{schema.S1_DB_MIN}, {schema.S1_DB_MAX}] dB, "
+                 f"(dB + 30) / 35 -> [0, 1]; NaN = no data"),
+          "stored": "before filling: NaN = invalid; the loader fills and builds masks"}
+
+
+def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int = 42,
+                 split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+                 records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, delta_rule: str = "calendar"
+                 ) -> dict[str, Any]:
+  """Builds the shard directory `out` from the site cubes under `cubes`; returns the metadata."""
+  if modality not in schema.MODALITIES:
+    raise ValueError(f"modality {modality!r}: expected one of {schema.MODALITIES}")
+  if delta_rule not in preprocess.DELTA_DAYS_RULES:
+    raise ValueError(f"delta rule {delta_rule!r}: expected one of {preprocess.DELTA_DAYS_RULES}")
+  if records_per_shard < 1:
+    raise ValueError("records_per_shard must be >= 1")
+  paths = cube_lib.find_cubes(cubes)
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  _clear_previous(out)
+  assignment = split_cubes(len(paths), seed, split_fractions)
+  split_of = {i: s for s, ids in assignment.items() for i in ids}
+  spec = schema.RecordSpec(modality)
+  writers = {s: SplitWriter(out, modality, s, records_per_shard) for s in SPLITS}
+  cube_rows: list[dict[str, Any]] = []
+  try:
+    for index, path in enumerate(paths):
+      try:
+        cube = cube_lib.read_cube(path)
+      except Exception as e:
+        raise BuildError(f"cannot read cube {path}: {e}") from e
+      stats: dict[str, int] = {}
+      n = 0
+      for record in cube_records(cube, modality, index, seed, delta_rule, stats):
+        writers[split_of[index]].write(spec.encode(record))
+        n += 1
+      cube_id = path.parent.name if path.suffix == ".zarr" else path.name
+      row = {"index": index, "cube_id": cube_id, "site_id": cube.meta.site_id, "path": str(path.resolve()),
+             "split": split_of[index], "num_records": n, **stats}
+      cube_rows.append(row)
+      if n == 0:
+        reason = "no S1 acquisition in range" if stats.get("no_s1") else "no valid window"
+        log.warning("cube %s (%s): %s, skipped", path, cube_id, reason)
+      else:
+        log.info("cube %d/%d %s -> %s: %d records", index + 1, len(paths), cube_id, split_of[index], n)
+      del cube
+    if not any(row["num_records"] for row in cube_rows):
+      raise BuildError(f"no cube under {cubes} yields a valid {modality} patch (too few clear dates, "
+                       f"S1 acquisitions or pixels for the sampling {dataclasses.asdict(SAMPLING[modality])})")
+    files = {s: w.close(out) for s, w in writers.items()}
+  except BaseException:
+    for w in writers.values():
+      w.abort()
+    raise
+  splits = {}
+  for s in SPLITS:
+    ids = assignment[s]
+    splits[s] = {"num_records": int(sum(f["num_records"] for f in files[s])), "files": files[s],
+                 "cube_indices": ids, "cube_ids": [cube_rows[i]["cube_id"] for i in ids]}
+  meta = {
+      "format_version": schema.SHARD_FORMAT_VERSION,
+      "modality": modality,
+      "layout": spec.layout(),
+      "record_nbytes": spec.nbytes,
+      "band_order": {"s2": list(schema.S2_BANDS), "s1": list(schema.S1_BANDS),
+                     "channels": list(schema.channel_names(modality))},
+      "scaling": _scaling(),
+      "days": "days since 1970-01-01 of the acquisition's calendar day (UTC), int32",
+      "delta_days_rule": delta_rule if modality == "fused" else None,
+      "splits": splits,
+      "counts": {s: splits[s]["num_records"] for s in SPLITS},
+      "cubes": cube_rows,
+      "sampling": dataclasses.asdict(SAMPLING[modality]) | {
+          "rng": "numpy default_rng(SeedSequence([seed, cube_index])); 11-of-window subsets drawn for every "
+                 "candidate in (t, y, x) order before filtering",
+          "s2_modality": "same sampling (and draws) as fused" if modality == "s2" else None},
+      "split_scheme": {"fractions": [float(x) for x in split_fractions], "seed": seed,
+                       "rule": "random.Random(seed): sample(range(n), int(f_train n)) -> train; rest shuffled,"
+                               " first int(f_val/(f_val+f_test) rest) -> validation, remainder -> test; "
+                               "n >= 3: each split with a positive fraction gets >= 1 cube"},
+      "seed": seed,
+      "provenance": {"cubes_dir": str(Path(cubes).resolve()), "cube_paths": [str(p.resolve()) for p in paths],
+                     "site_ids": [row["site_id"] for row in cube_rows], "code_version": _code_version(),
+                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                     "command": " ".join(sys.argv)},
+  }
+  _atomic_write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
+  return meta
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--cubes", required=True, help="cubes dir (DIR/cubes/<site>) or one site folder")
+  parser.add_argument("--out", required=True, help="output shard directory")
+  parser.add_argument("--modality", required=True, choices=schema.MODALITIES)
+  parser.add_argument("--seed", type=int, default=42)
+  parser.add_argument("--split-fractions", default=None,
+                      help="train,validation,test fractions of the cubes, normalised (default 0.75,1/6,1/12: "
+                           "the reference's 375/83/42 of 500)")
+  parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+  parser.add_argument("--delta-rule", choices=preprocess.DELTA_DAYS_RULES, default="calendar",
+                      help="fused delta_days: calendar days (inference rule) or the reference's training "
+                           "rule (floored nanosecond difference)")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  fractions = (DEFAULT_SPLIT_FRACTIONS if args.split_fractions is None
+               else [float(x) for x in args.split_fractions.split(",") if x.strip()])
+  try:
+    meta = build_shards(args.cubes, args.out, args.modality, seed=args.seed, split_fractions=fractions,
+                        records_per_shard=args.records_per_shard, delta_rule=args.delta_rule)
+  except (BuildError, cube_lib.CubeError, ValueError) as e:
+    sys.exit(f"build_shards: error: {e}")
+  print(f"{args.out}: {args.modality} records " +
+        ", ".join(f"{s} {meta['counts'][s]} ({len(meta['splits'][s]['cube_ids'])} cubes)" for s in SPLITS))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,19 @@
+r"""Stage 2: fusion of the frozen S1 and S2 autoencoders into one 7-d embedding (any-day capable).
+
+  python -m earthrep.train --config experiments/fusion.py:runlocal --workdir runs/fusion \
+      --config.s1_workdir=runs/s1_ae --config.s2_workdir=runs/s2_ae --config.data_dir=demo/shards/fused
+
+The stage-1 autoencoders are rebuilt from the `model_config.json` of their workdirs (or converted
+checkpoints) and restored from their best checkpoints; they stay frozen unless
+`--config.freeze_encoders=False` (what the released scripts do). A quarter of the training samples have
+their centre S2 frame hidden from the input (`data_kwargs.hide_centre_prob`), so the model learns to
+answer for days without a clear S2 observation. Default: the reference's fusion schedule (AdamW 1e-4,
+warm-up 30k steps, plateau factor 0.3 / patience 9) for GPU/TPU; `runlocal` trains the fusion layers on
+the demo's fused shards in a few minutes on a CPU and should bring the validation metric (mean of the S1
+and S2 centre-pixel MAE) clearly below its step-0 value; `test` is tiny.
+"""
+from earthrep import configs
+
+
+def get_config(arg=None):
+  return configs.fusion_config(arg)
