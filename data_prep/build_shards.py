@@ -24,7 +24,8 @@ channel (s1), and frame span (last - first calendar day) < 200 days (S2 dates; S
 Split by cube: `random.Random(seed)`, `sample(range(n), int(f_train*n))` -> train, the rest shuffled with
 the same stream, first `int(f_val/(f_val+f_test) * rest)` -> validation, the remainder -> test (the
 reference with n=500, fractions 0.75/0.1667/0.0833). With n >= 3 every split with a positive fraction
-gets at least one cube, taken from the largest split.
+gets at least one cube, taken from the largest split; n = 2 gives one train and one validation cube,
+n = 1 only a train cube.
 
 Files: `OUT/<split>/<modality>-<split>.array_record-<i:05d>-of-<n:05d>` (group_size 1 for random
 access), each written under a temporary name and renamed; `OUT/metadata.json` is written last, also
@@ -97,6 +98,10 @@ def split_cubes(n: int, seed: int, fractions: Sequence[float] = DEFAULT_SPLIT_FR
       if f[i] > 0 and counts[i] == 0:
         counts[int(np.argmax(counts))] -= 1
         counts[i] = 1
+  elif n == 2 and f[0] > 0 and f[1] > 0:  # a trainer needs train and validation more than test
+    counts = [1, 1, 0]
+  elif n == 1 and f[0] > 0:
+    counts = [1, 0, 0]
   rng = random.Random(seed)
   train = rng.sample(range(n), counts[0])
   remaining = [i for i in range(n) if i not in set(train)]
@@ -362,7 +367,7 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
       "split_scheme": {"fractions": [float(x) for x in split_fractions], "seed": seed,
                        "rule": "random.Random(seed): sample(range(n), int(f_train n)) -> train; rest shuffled,"
                                " first int(f_val/(f_val+f_test) rest) -> validation, remainder -> test; "
-                               "n >= 3: each split with a positive fraction gets >= 1 cube"},
+                               "n >= 3: each split with a positive fraction gets >= 1 cube; n = 2: train + validation"},
       "seed": seed,
       "provenance": {"cubes_dir": str(Path(cubes).resolve()), "cube_paths": [str(p.resolve()) for p in paths],
                      "site_ids": [row["site_id"] for row in cube_rows], "code_version": _code_version(),

@@ -42,11 +42,11 @@ class Crop:
 
 
 CROPS: dict[str, Crop] = {
-    "winter_wheat": Crop(-70, 0.22, 95, 9, 0.92, 180, 7, 213, 0.75, 2.5, 2.1),
-    "winter_barley": Crop(-80, 0.28, 85, 8, 0.88, 165, 6, 192, 0.70, 2.2, 2.0),
-    "rapeseed": Crop(-120, 0.50, 80, 8, 0.90, 170, 6, 200, 0.60, 3.0, 1.9, flowering=118, flower_amp=0.5),
-    "maize": Crop(115, 0.0, 170, 7, 0.90, 258, 8, 282, 0.55, 4.0, 2.6),
-    "sugar_beet": Crop(100, 0.0, 160, 9, 0.93, 320, 10, 288, 0.10, 3.5, 2.3),
+    "winter_wheat": Crop(-70, 0.22, 95, 9, 0.92, 180, 7, 213, 0.75, 2.5, 1.9),
+    "winter_barley": Crop(-80, 0.28, 85, 8, 0.88, 165, 6, 192, 0.70, 2.2, 1.8),
+    "rapeseed": Crop(-120, 0.50, 80, 8, 0.90, 170, 6, 200, 0.60, 3.0, 1.7, flowering=118, flower_amp=0.5),
+    "maize": Crop(115, 0.0, 170, 7, 0.90, 258, 8, 282, 0.55, 4.0, 2.3),
+    "sugar_beet": Crop(100, 0.0, 160, 9, 0.93, 320, 10, 288, 0.10, 3.5, 2.0),
 }
 ROTATIONS: tuple[tuple[str, ...], ...] = (
     ("rapeseed", "winter_wheat", "winter_barley"),

@@ -77,20 +77,20 @@ def make_weather(rng: np.random.Generator, lat: float, lon: float, first_day: np
   doy = (dates - dates.astype("datetime64[Y]")).astype(int) + 1.0
   summer = np.cos(2 * np.pi * (doy - 200) / 365.25)   # +1 mid-July, -1 mid-January
   # Cloudiness: a persistent latent variable mapped onto clear / partly cloudy / overcast climatology.
-  mean_cover = np.clip(0.6 + 0.004 * (lat - 50) - 0.13 * summer, 0.3, 0.85)
+  mean_cover = np.clip(0.57 + 0.004 * (lat - 50) - 0.13 * summer, 0.3, 0.85)
   p_clear, p_overcast = 0.45 * (1 - mean_cover), 0.55 * mean_cover - 0.15
   u = ndtr(_ar1(rng, n, 0.55))
   cloudiness = np.clip((u - p_clear) / (1 - p_clear - p_overcast), 0.0, 1.0)
   rain_probability = np.clip(0.1 + 1.2 * (cloudiness - 0.45), 0, 0.9) * (cloudiness > 0.3)
   rainy = rng.uniform(size=n) < rain_probability
-  precip = np.where(rainy, rng.gamma(0.75, 6.0, n) * (1 + 0.4 * np.maximum(summer, 0)), 0.0)
+  precip = np.where(rainy, rng.gamma(0.75, 7.0, n) * (1 + 0.4 * np.maximum(summer, 0)), 0.0)
   # Temperature: climate from latitude (cooler north) and longitude (more continental east).
   t_mean, t_amp = 10.5 - 0.55 * (lat - 48), 7.5 + 0.12 * lon + 0.1 * (lat - 45)
   synoptic = _ar1(rng, n, 0.85) * (3.5 - 1.0 * summer)
   cloud_effect = (cloudiness - 0.5) * (-3.0 * np.maximum(summer, 0) + 2.0 * np.maximum(-summer, 0))
   seasonal = t_mean + t_amp * summer
   ta = seasonal + synoptic + cloud_effect
-  humidity = np.clip(0.68 + 0.22 * cloudiness - 0.1 * summer + 0.04 * rng.standard_normal(n), 0.35, 0.99)
+  humidity = np.clip(0.65 + 0.22 * cloudiness - 0.1 * summer + 0.04 * rng.standard_normal(n), 0.35, 0.99)
   vpd = saturation_vapour_pressure_hpa(ta) * (1 - humidity)
   toa_mj = top_of_atmosphere_mj(lat, doy)
   sw_mj = toa_mj * (0.23 + 0.48 * (1 - cloudiness)) * np.exp(0.05 * rng.standard_normal(n))

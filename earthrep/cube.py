@@ -128,7 +128,7 @@ def _check_grid(crs: str, transform: Sequence[float], where: Any) -> None:
   if len(transform) != 6:
     raise _error(where, "transform", f"{len(transform)} values, expected 6 (a, b, c, d, e, f)")
   a, b, _, d, e, _ = (float(v) for v in transform)
-  if not (b == 0 and d == 0 and a == PIXEL_SIZE_M and e == -PIXEL_SIZE_M):
+  if not (b == 0 and d == 0 and abs(a - PIXEL_SIZE_M) < 1e-6 and abs(e + PIXEL_SIZE_M) < 1e-6):
     raise _error(where, "transform", f"{tuple(transform)} is not a north-up {PIXEL_SIZE_M:g} m grid")
 
 
@@ -320,6 +320,9 @@ def _values(ds: xr.Dataset, name: str, dims: tuple[str, ...], where: Any, **sele
 
 def dataset_to_cube(ds: xr.Dataset, where: Any = "dataset") -> SiteCube:
   """Inverse of `cube_to_dataset`, with validation; bands and polarisations are put in schema order."""
+  for name in (VAR_S2, VAR_CLOUD, VAR_S1, VAR_ORBIT):
+    if name not in ds.variables:
+      raise _error(where, name, "missing variable")
   bands = _names(ds, DIM_BAND, S2_BANDS, where)
   pols = _names(ds, DIM_POL, S1_BANDS, where)
   s2 = _values(ds, VAR_S2, (DIM_T2, DIM_BAND, DIM_Y, DIM_X), where, **{DIM_BAND: bands})
@@ -388,7 +391,7 @@ def _read_zarr(store: Path) -> SiteCube:
 
 
 def read_cube(path: str | os.PathLike) -> SiteCube:
-  """Reads a site folder (with cube.zarr or a GeoTIFF stack) or a .zarr store; validates it."""
+  """Reads a .zarr store or a site folder (its cube.zarr if present, else its GeoTIFF stack); validates it."""
   path = Path(path)
   if _is_zarr(path):
     return _read_zarr(path)
@@ -409,8 +412,7 @@ def find_cubes(path: str | os.PathLike) -> list[Path]:
   if _is_site(path):
     return [path]
   root = path / "cubes" if (path / "cubes").is_dir() else path
-  sites = sorted(p for p in root.iterdir() if not p.name.startswith(".") and _is_site(p)) \
-      if root.is_dir() else []
+  sites = sorted(p for p in root.iterdir() if not p.name.startswith(".") and _is_site(p)) if root.is_dir() else []
   if not sites:
     raise _error(path, "cubes", f"no site cubes found (expected <site>/{ZARR_NAME} or <site>/{SITE_JSON} "
                  f"under {root})")

@@ -69,8 +69,7 @@ def nearest_s1_index(s2_time: np.ndarray, s1_time: np.ndarray) -> np.ndarray:
   s2_ns = np.asarray(s2_time, "datetime64[ns]").astype(np.int64)
   if s1_ns.size == 0:
     raise ValueError("no S1 acquisition to match")
-  right = np.clip(np.searchsorted(s1_ns, s2_ns, side="left"), 1, s1_ns.size - 1) if s1_ns.size > 1 \
-      else np.zeros(s2_ns.shape, np.int64)
+  right = np.searchsorted(s1_ns, s2_ns, side="left").clip(0, s1_ns.size - 1)   # first S1 at or after S2
   left = np.maximum(right - 1, 0)
   take_left = np.abs(s2_ns - s1_ns[left]) <= np.abs(s1_ns[right] - s2_ns)
   return np.where(take_left, left, right).astype(np.int64)

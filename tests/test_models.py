@@ -72,7 +72,7 @@ def test_full_size_fusion_counts_and_subtrees():
 def tiny():
   models = {mix: TransformerAE(3, 4, 5, **TINY, reference_batch_mixing=mix) for mix in (False, True)}
   x, gaps = _inputs(3, 4)
-  params = models[False].init(jax.random.key(0), x, gaps, train=False)["params"]
+  params = jax.jit(lambda r: models[False].init(r, x, gaps, train=False))(jax.random.key(0))["params"]
   apply = {mix: jax.jit(lambda p, x, g, m=m: m.apply({"params": p}, x, g, train=False)) for mix, m in models.items()}
   return models, params, x, gaps, apply
 
@@ -130,7 +130,7 @@ def test_tiny_fusion_runs_and_embed_matches():
   model = FusionModel(aes, ("s1", "s2"), bottleneck=7, d_model=16, heads=2, ffn=16, layers=1)
   (x1, g1), (x2, g2) = _inputs(2, 2), _inputs(10, 2, seed=1)
   inputs, offsets = {"s1": (x1, g1), "s2": (x2, g2)}, jnp.array([[0, 3], [0, 0]], jnp.int32)
-  params = model.init(jax.random.key(0), inputs, offsets, train=False)["params"]
+  params = jax.jit(lambda r: model.init(r, inputs, offsets, train=False))(jax.random.key(0))["params"]
   out = model.apply({"params": params}, inputs, offsets, train=False)
   zf = model.apply({"params": params}, inputs, offsets, method=FusionModel.embed)
   np.testing.assert_allclose(zf, out["zf"], atol=1e-6)
@@ -170,9 +170,9 @@ def test_conv_transpose_matches_lax_reference():
   layer = blocks.ConvTranspose2x2(5, crop=1)
   params = layer.init(jax.random.key(0), x)
   k = params["params"]["kernel"]
-  # torch semantics == lax.conv_transpose with the kernel flipped (transpose_kernel), then crop 1.
-  want = jax.lax.conv_transpose(x, k, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                transpose_kernel=True)
+  # torch semantics == the gradient of the forward conv whose HWIO kernel maps 5 -> 3 channels.
+  want = jax.lax.conv_transpose(x, k.transpose(0, 1, 3, 2), (2, 2), "VALID",
+                                dimension_numbers=("NHWC", "HWIO", "NHWC"), transpose_kernel=True)
   want = want[:, 1:, 1:, :] + params["params"]["bias"]
   got = layer.apply(params, x)
   assert got.shape == (2, 7, 7, 5)

@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import grain.python as grain
 import numpy as np
+from absl import flags
 
 from earthrep import preprocess, schema
 from earthrep.data.shards import ShardSet, open_shards
@@ -125,6 +126,10 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
   if shards.count // shard_count < per_host and drop_remainder:
     raise ValueError(f"{data_dir} split {split!r}: {shards.count} records give no full batch of "
                      f"{per_host} on each of {shard_count} hosts")
+  if worker_count > 0 and not flags.FLAGS.is_parsed():
+    # Grain's worker start-up reads its absl flags; outside an absl app they are unparsed (an error), so
+    # take their defaults. A later `absl.app.run` still parses the command line normally.
+    flags.FLAGS.mark_as_parsed()
   shard_options = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])
   sampler = grain.IndexSampler(num_records=len(source), shard_options=shard_options, shuffle=shuffle,
