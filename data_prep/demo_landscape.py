@@ -18,7 +18,6 @@ from scipy.special import ndtri
 # Parcel land covers (IGBP codes) and pixel kinds (what drives phenology, spectra and backscatter).
 LAND_COVERS: tuple[str, ...] = ("CRO", "GRA", "DBF", "ENF", "MF", "WAT", "URB")
 KINDS: tuple[str, ...] = ("crop", "grass", "dbf", "enf", "water", "urban", "road")
-KIND_INDEX = {name: i for i, name in enumerate(KINDS)}
 CROP, GRASS, DBF, ENF, WATER, URBAN, ROAD = range(len(KINDS))
 
 # Share of the landscape by parcel land cover, for each tower land cover (the dominant one).

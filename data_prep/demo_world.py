@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import sys
 import time
 import zlib
@@ -118,7 +119,8 @@ def _utc(days: np.ndarray, solar_hour: float, lon: float, jitter_s: np.ndarray) 
   return days.astype("datetime64[D]").astype("datetime64[ns]") + seconds.astype("timedelta64[s]")
 
 
-def s1_schedule(rng: np.random.Generator, start: np.datetime64, n_days: int, lon: float):
+def s1_schedule(rng: np.random.Generator, start: np.datetime64, n_days: int,
+                lon: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
   """Ascending and descending tracks, 6-day repeat with S1A + S1B (until S1B failed), 12-day otherwise.
 
   One of the two tracks of a site is acquired by S1A only (12 days), as in the observation scenario.
@@ -221,6 +223,16 @@ def make_site_cube(seed: int, size: int = 24, days: int = 120, land_cover: str =
   return simulate_site(spec, seed, size, start, days).cube
 
 
+def _remove_stale(out_dir: Path, site_ids: list[str]) -> None:
+  """Drops demo sites (ids `XX-*`) of an earlier, larger world so readers of `cubes/` see only this one."""
+  for cube_dir in (out_dir / "cubes").glob("XX-*"):
+    if cube_dir.name not in site_ids:
+      shutil.rmtree(cube_dir)
+  for flux_path in (out_dir / "flux").glob("FLX_XX-*_FLUXNET2015_FULLSET_DD_*.csv"):
+    if flux_path.name.split("_")[1] not in site_ids:
+      flux_path.unlink()
+
+
 def make_world(out_dir: str | Path, seed: int, size: int = 64, sites: int = 6, start: str = "2019-01-01",
                days: int = 730) -> list[str]:
   """Writes the world described in the module docstring; returns the site ids."""
@@ -234,6 +246,7 @@ def make_world(out_dir: str | Path, seed: int, size: int = 64, sites: int = 6, s
     flux_path = demo_weather.write_flux_csv(sim.flux, out_dir / "flux" / sim.flux_file)
     rows.append(f"{spec.site_id},{spec.lon:.5f},{spec.lat:.5f},{spec.land_cover},{spec.utm_epsg},"
                 f"{flux_path.relative_to(out_dir).as_posix()}")
+  _remove_stale(out_dir, [row.split(",")[0] for row in rows])
   (out_dir / "sites.csv").write_text("site_id,lon,lat,land_cover,utm_epsg,flux_file\n" + "\n".join(rows) + "\n")
   (out_dir / "world.json").write_text(json.dumps(
       {"generator": "data_prep.demo_world", "seed": seed, "size": size, "sites": sites, "start": start,

@@ -29,6 +29,20 @@ def _inputs(channels: int, batch: int, seed: int = 0):
   return x, gaps
 
 
+def _random_params(model, seed: int = 0):
+  """Params from numpy (model.init would compile one threefry sampler per leaf: ~10-20 s on CPU)."""
+  rng = np.random.default_rng(seed)
+  def leaf(path, a):
+    name = path[-1].key
+    if name == "scale":
+      return np.ones(a.shape, np.float32)
+    if name == "embedding":
+      return rng.normal(size=a.shape).astype(np.float32)
+    fan_in = int(np.prod(a.shape[:-1])) if len(a.shape) > 1 else a.shape[0]
+    return rng.uniform(-1, 1, a.shape).astype(np.float32) / np.sqrt(fan_in)   # torch's default bound
+  return jax.tree_util.tree_map_with_path(leaf, torch_import.abstract_params(model))
+
+
 def _full_fusion() -> FusionModel:
   return FusionModel((TransformerAE(2, 2, 7), TransformerAE(10, 9, 6)))
 
@@ -72,7 +86,7 @@ def test_full_size_fusion_counts_and_subtrees():
 def tiny():
   models = {mix: TransformerAE(3, 4, 5, **TINY, reference_batch_mixing=mix) for mix in (False, True)}
   x, gaps = _inputs(3, 4)
-  params = jax.jit(lambda r: models[False].init(r, x, gaps, train=False))(jax.random.key(0))["params"]
+  params = _random_params(models[False])
   apply = {mix: jax.jit(lambda p, x, g, m=m: m.apply({"params": p}, x, g, train=False)) for mix, m in models.items()}
   return models, params, x, gaps, apply
 
@@ -107,19 +121,24 @@ def test_dropout_only_in_train_and_driven_by_rng(tiny):
   np.testing.assert_array_equal(a, b)
   assert np.max(np.abs(a - c)) > 1e-6 and np.max(np.abs(a - recon_eval)) > 1e-6
   with pytest.raises(Exception, match="dropout"):   # train mode needs the 'dropout' stream
-    model.apply({"params": params}, x, gaps, train=True)
+    jax.eval_shape(lambda p: model.apply({"params": p}, x, gaps, train=True), params)
 
 
 def test_encode_decode_and_intermediates(tiny):
   models, params, x, gaps, _ = tiny
   model = models[False]
-  (recon, z), state = model.apply({"params": params}, x, gaps, train=False, mutable=["intermediates"])
+
+  @jax.jit
+  def run(p):
+    (recon, z), state = model.apply({"params": p}, x, gaps, train=False, mutable=["intermediates"])
+    z2 = model.apply({"params": p}, x, gaps, train=False, method=TransformerAE.encode)
+    recon2 = model.apply({"params": p}, z2, gaps, train=False, method=TransformerAE.decode)
+    return recon, z, state, recon2, z2
+  recon, z, state, recon2, z2 = run(params)
   inter = {k: v[0] for k, v in state["intermediates"].items()}
   assert set(inter) == INTERMEDIATES
   assert inter["enc_dimred"].shape == (4, 11, 4, 4, 2) and inter["enc_token_reduced"].shape == (4, 8, 5)
   assert inter["dec_expanded"].shape == (4, 40) and inter["dec_token_upsampled"].shape == (4, 8, 11)
-  z2 = model.apply({"params": params}, x, gaps, train=False, method=TransformerAE.encode)
-  recon2 = model.apply({"params": params}, z2, gaps, train=False, method=TransformerAE.decode)
   np.testing.assert_allclose(z2, z, atol=1e-6)
   np.testing.assert_allclose(recon2, recon, atol=1e-6)
   assert bool(jnp.all(z > 0))   # Softplus bottleneck
@@ -130,15 +149,15 @@ def test_tiny_fusion_runs_and_embed_matches():
   model = FusionModel(aes, ("s1", "s2"), bottleneck=7, d_model=16, heads=2, ffn=16, layers=1)
   (x1, g1), (x2, g2) = _inputs(2, 2), _inputs(10, 2, seed=1)
   inputs, offsets = {"s1": (x1, g1), "s2": (x2, g2)}, jnp.array([[0, 3], [0, 0]], jnp.int32)
-  params = jax.jit(lambda r: model.init(r, inputs, offsets, train=False))(jax.random.key(0))["params"]
-  out = model.apply({"params": params}, inputs, offsets, train=False)
-  zf = model.apply({"params": params}, inputs, offsets, method=FusionModel.embed)
+  params = _random_params(model)
+  out, zf = jax.jit(lambda p: (model.apply({"params": p}, inputs, offsets, train=False),
+                               model.apply({"params": p}, inputs, offsets, method=FusionModel.embed)))(params)
   np.testing.assert_allclose(zf, out["zf"], atol=1e-6)
   assert out["recon"]["s2"].shape == (2, 11, 15, 15, 10)
   rebuilt = fusion_from_config(fusion_config(model))
   assert rebuilt == model
   with pytest.raises(KeyError, match="s2"):
-    model.apply({"params": params}, {"s1": (x1, g1)}, offsets, train=False)
+    jax.eval_shape(lambda p: model.apply({"params": p}, {"s1": (x1, g1)}, offsets, train=False), params)
 
 
 def test_config_builders():
@@ -168,7 +187,8 @@ def test_conv_transpose_matches_lax_reference():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 4, 4, 3)), jnp.float32)
   layer = blocks.ConvTranspose2x2(5, crop=1)
-  params = layer.init(jax.random.key(0), x)
+  params = {"params": {"kernel": jnp.asarray(rng.normal(size=(2, 2, 3, 5)), jnp.float32),
+                        "bias": jnp.asarray(rng.normal(size=(5,)), jnp.float32)}}
   k = params["params"]["kernel"]
   # torch semantics == the gradient of the forward conv whose HWIO kernel maps 5 -> 3 channels.
   want = jax.lax.conv_transpose(x, k.transpose(0, 1, 3, 2), (2, 2), "VALID",

@@ -114,7 +114,10 @@ def _check_file(path: Path, expected_records: int, spec: schema.RecordSpec) -> N
         raise ShardError(f"{path}: record {i} has {len(record)} bytes, layout of modality "
                          f"{spec.modality!r} needs {spec.nbytes} (written with another layout?)")
   finally:
-    reader.close()
+    try:
+      reader.close()
+    except RuntimeError:   # a reader of a corrupt file reports its error again on close
+      pass
 
 
 def open_shards(data_dir: str | Path, split: str) -> ShardSet:
