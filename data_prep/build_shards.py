@@ -366,8 +366,8 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
           "s2_modality": "same sampling (and draws) as fused" if modality == "s2" else None},
       "split_scheme": {"fractions": [float(x) for x in split_fractions], "seed": seed,
                        "rule": "random.Random(seed): sample(range(n), int(f_train n)) -> train; rest shuffled,"
-                               " first int(f_val/(f_val+f_test) rest) -> validation, remainder -> test; "
-                               "n >= 3: each split with a positive fraction gets >= 1 cube; n = 2: train + validation"},
+                               " first int(f_val/(f_val+f_test) rest) -> validation, remainder -> test; n >= 3:"
+                               " each split with a positive fraction gets >= 1 cube; n = 2: train + validation"},
       "seed": seed,
       "provenance": {"cubes_dir": str(Path(cubes).resolve()), "cube_paths": [str(p.resolve()) for p in paths],
                      "site_ids": [row["site_id"] for row in cube_rows], "code_version": _code_version(),

@@ -81,12 +81,12 @@ def _torch_state_dict(path: Path, allow_pickle: bool) -> dict[str, np.ndarray]:
   try:
     obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
   except Exception as e:  # noqa: BLE001 - torch raises many types for bad files
-    hint = "" if allow_pickle else " (if it is a trusted Lightning checkpoint with pickled objects, pass --allow-pickle)"
+    hint = "" if allow_pickle else " (a trusted checkpoint holding pickled objects needs --allow-pickle)"
     raise ConvertError(f"{path}: cannot read as a torch checkpoint: {type(e).__name__}: {e}{hint}") from e
   if isinstance(obj, Mapping) and "state_dict" in obj:
     obj = obj["state_dict"]
   if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-    raise ConvertError(f"{path}: neither a Lightning checkpoint with 'state_dict' nor a state_dict of tensors")
+    raise ConvertError(f"{path}: neither a Lightning checkpoint with 'state_dict' nor a dict of tensors")
   return {k: v.detach().to(torch.float32).cpu().numpy() for k, v in obj.items()}
 
 
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
   ap.add_argument("--out", required=True, help="new directory for the Orbax checkpoint")
   ap.add_argument("--reference-batch-mixing", action="store_true",
                   help="encoder attends across the batch exactly like the reference")
-  ap.add_argument("--reduced-tokens", type=int, default=None, help="override N of s1_ae/s2_ae (train_modality used 7)")
+  ap.add_argument("--reduced-tokens", type=int, default=None,
+                  help="override N of s1_ae/s2_ae (train_modality.py used 7 for S2)")
   ap.add_argument("--allow-pickle", action="store_true",
                   help="torch.load with weights_only=False (trusted files only)")
   args = ap.parse_args(argv)

@@ -108,7 +108,8 @@ def _fusion_arrays(vec: Any, cfg: dict) -> dict[str, Any]:
   res, state = jax.jit(run)(params, x, gaps, offsets_BK)
   out = {"outputs/zf": res["zf"]}
   for s in model.sensors:
-    out.update({f"outputs/z_{s}": res["z"][s], f"outputs/b_{s}": res["b"][s], f"outputs/y_{s}": _nchw(res["recon"][s])})
+    out.update({f"outputs/z_{s}": res["z"][s], f"outputs/b_{s}": res["b"][s],
+                f"outputs/y_{s}": _nchw(res["recon"][s])})
   out.update({f"inter/{k}": v[0] for k, v in state["intermediates"].items() if k in
               ("fuser_in", "fuser_out", "pooled", "pooled_normed")})
   embed = jax.jit(lambda p, xs, gs, off: model.apply(p, {s: (xs[s], gs[s]) for s in model.sensors}, off,
@@ -128,7 +129,7 @@ def _load(model: Any, vec: Any) -> dict:
 
 
 def run_parity(vectors: str, model: str) -> list[tuple[str, float, float, bool]]:
-  """Returns (name, max_abs_err, tol, ok) for every compared array of the file (nan err = missing/misshaped)."""
+  """(name, max_abs_err, tol, ok) for every compared array of the file; err is nan if ours is missing."""
   if model not in MODELS:
     raise ValueError(f"model {model!r}: expected one of {MODELS}")
   vec = np.load(vectors)

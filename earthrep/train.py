@@ -46,7 +46,7 @@ def _train_step(task, tx, opt_cfg, params, opt_state, batch, step, lr_scale, see
   opt_state = optim.set_learning_rate(opt_state, lr)
   updates, opt_state = tx.update(grads, opt_state, params)
   params = optax.apply_updates(params, updates)
-  metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads), lr=lr)
+  metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
   return params, opt_state, metrics
 
 
@@ -127,14 +127,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                                 seed=config.seed, shuffle=True, worker_count=config.worker_count,
                                 **task_data_kwargs(config))
   data_iter = iter(loader)
-  seed_key = jax.random.key(config.seed)
+  init_key, seed_key = jax.random.split(jax.random.key(config.seed))
   parallel.assert_same_across_hosts(np.asarray(config.seed), "config.seed")
 
   # ---------------------------------------------------------------- params and optimizer
   repl = parallel.replicated(mesh)
   example = parallel.host_batch_to_global(
       _host_slice(task.example_batch(config.batch_size)), mesh)
-  params = jax.jit(task.init, out_shardings=repl)(jax.random.fold_in(seed_key, -1), example)
+  params = jax.jit(task.init, out_shardings=repl)(init_key, example)
   params = task.restore_pretrained(params) if hasattr(task, "restore_pretrained") else params
   trainable = task.trainable(params)
   tx = optim.make_optimizer(config.optimizer, trainable)
@@ -232,5 +232,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  jax.config.parse_flags_with_absl()
   app.run(main)

@@ -9,6 +9,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# XLA's CPU compiles dominate this suite (the same tiny programs are built by many tests and by the
+# training subprocesses they start), so compiled programs are cached on disk and shared across them.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(REPO / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 REFERENCE_VECTORS = Path(os.environ.get("EARTHREP_REFERENCE_VECTORS",
                                         REPO.parent / "shared" / "reference" / "vectors"))
 

@@ -15,7 +15,8 @@ from earthrep.models.fusion import FusionModel, fusion_config, fusion_from_confi
 
 TINY = dict(widths=(8, 8, 8), d_model=32, token_dim=8, heads=2, ffn=8, layers=1)
 INTERMEDIATES = {"enc_dimred", "enc_transformer_in", "enc_transformer_out", "enc_linear", "enc_token_reduced",
-                 "dec_expanded", "dec_token_upsampled", "dec_linear", "dec_transformer_in", "dec_transformer_out"}
+                 "dec_expanded", "dec_token_upsampled", "dec_linear", "dec_transformer_in",
+                 "dec_transformer_out"}
 
 
 def _count(tree) -> int:
@@ -87,7 +88,8 @@ def tiny():
   models = {mix: TransformerAE(3, 4, 5, **TINY, reference_batch_mixing=mix) for mix in (False, True)}
   x, gaps = _inputs(3, 4)
   params = _random_params(models[False])
-  apply = {mix: jax.jit(lambda p, x, g, m=m: m.apply({"params": p}, x, g, train=False)) for mix, m in models.items()}
+  apply = {mix: jax.jit(lambda p, x, g, m=m: m.apply({"params": p}, x, g, train=False))
+           for mix, m in models.items()}
   return models, params, x, gaps, apply
 
 
@@ -99,6 +101,12 @@ def test_default_mode_is_independent_of_batch(tiny):
   np.testing.assert_allclose(recon0[0], recon[0], atol=1e-6)
   _, z_perm = apply[False](params, x[::-1], gaps[::-1])
   np.testing.assert_allclose(z_perm[::-1], z, atol=1e-6)
+
+
+def test_positions_beyond_the_time_table_give_nan(tiny):
+  _, params, x, gaps, apply = tiny
+  _, z = apply[False](params, x, jnp.full_like(gaps, 30))   # last frame at day 300 > max_position 200
+  assert bool(jnp.all(jnp.isnan(z)))
 
 
 def test_compat_mode_mixes_the_batch(tiny):

@@ -1,6 +1,7 @@
 """Golden-value test: earthrep.parity on the reference vectors (s1_ae, s2_ae, fusion), in compatibility mode.
 
-The vectors live outside the repository: `$EARTHREP_REFERENCE_VECTORS`, default `<repo>/../shared/reference/vectors`."""
+The vectors live outside the repository: `$EARTHREP_REFERENCE_VECTORS`, default
+`<repo>/../shared/reference/vectors`."""
 from __future__ import annotations
 
 import os
@@ -10,22 +11,25 @@ import pytest
 
 from earthrep import parity
 
-VECTORS = Path(os.environ.get("EARTHREP_REFERENCE_VECTORS",
-                              Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "vectors"))
+REPO = Path(__file__).resolve().parents[1]
+VECTORS = Path(os.environ.get("EARTHREP_REFERENCE_VECTORS", REPO.parent / "shared" / "reference" / "vectors"))
 
 
 @pytest.mark.parametrize("model", parity.MODELS)
-def test_parity(model):
+def test_parity(model, capsys):
   path = VECTORS / f"{model}.npz"
   if not VECTORS.is_dir():
     pytest.skip(f"reference vectors folder {VECTORS} is absent (set EARTHREP_REFERENCE_VECTORS)")
   assert path.is_file(), f"{path} missing from the vectors folder"
-  rows = parity.run_parity(str(path), model)
-  failed = [f"{name}: err {err:.3e} > tol {tol:.0e}" for name, err, tol, ok in rows if not ok]
-  assert not failed, "\n".join(failed)
-  names = {r[0] for r in rows}
+  rc = parity.main(["--vectors", str(path), "--model", model])
+  lines = capsys.readouterr().out.strip().splitlines()
+  failed = [line for line in lines if line.endswith("FAIL")]
+  assert rc == 0 and not failed, "\n".join(failed or lines[-1:])
+  n = len(lines) - 1
+  assert lines[-1] == f"parity: {n}/{n} arrays within tolerance"
+  names = {line.split()[0] for line in lines[:-1]}
   assert "outputs/recon" in names or "outputs/zf" in names
-  assert any(n.startswith("check/") for n in names) and any(n.startswith("loss/") for n in names)
+  assert any(k.startswith("check/") for k in names) and any(k.startswith("loss/") for k in names)
 
 
 def test_tolerances():

@@ -144,7 +144,10 @@ def test_fused_records_are_the_patches_of_the_prepared_cube(built):
       assert rec["s2_days"][-1] - rec["s2_days"][0] < 200
       n_checked += 1
   assert n_checked == sum(meta["counts"].values()) > 20
+  n_xy = len(range(0, SIZE - 15 + 1, 9)) ** 2
   for row in meta["cubes"]:   # every candidate is kept or counted as dropped
+    n_t = len(prepared[row["index"]][0])
+    assert row["candidates"] == len(range(0, n_t - min(20, n_t) + 1, 17)) * n_xy
     assert row["candidates"] == row["num_records"] + row["dropped_centre"] + row["dropped_span"]
   assert sum(r["dropped_span"] for r in meta["cubes"]) > 0 and sum(r["dropped_centre"] for r in meta["cubes"]) > 0
 

@@ -101,30 +101,27 @@ def test_sigkill_and_resume_reaches_bitwise_same_params(tiny_shards, tmp_path):
 
 def test_same_loss_on_one_and_two_devices(tiny_shards):
   script = textwrap.dedent(f"""
-      import functools, jax, jax.numpy as jnp, numpy as np
-      from earthrep import configs, data, optim, parallel, tasks, train
+      import jax, jax.numpy as jnp, numpy as np
+      from earthrep import configs, data, parallel, tasks
       config = configs.stage1_config("s2", "test")
       config.data_dir = {str(tiny_shards("s2"))!r}
       task = tasks.make_task(config)
-      tx = optim.make_optimizer(config.optimizer)
       batch = next(iter(data.make_loader(config.data_dir, "train", global_batch_size=8, seed=0)))
       key = jax.random.key(0)
       params0 = jax.jit(task.init)(key, task.example_batch(8))
+      grad_fn = jax.jit(jax.value_and_grad(task.loss, has_aux=True))
       out = {{}}
       for n in (1, 2):
         mesh = parallel.make_mesh(n)
-        params = parallel.replicate(params0, mesh)
-        opt_state = jax.jit(tx.init)(params)
-        step = jax.jit(functools.partial(train._train_step, task, tx, config.optimizer))
-        p, _, m = step(params, opt_state, parallel.host_batch_to_global(batch, mesh),
-                       jnp.asarray(3, jnp.int32), jnp.asarray(1.0), key)
-        out[n] = (float(m["loss"]), jax.tree.leaves(p))
-        assert len(jax.tree.leaves(p)[0].sharding.device_set) == n
+        global_batch = parallel.host_batch_to_global(batch, mesh)
+        assert len(global_batch["s2_x"].sharding.device_set) == n
+        (loss, _), grads = grad_fn(parallel.replicate(params0, mesh), global_batch, key)
+        out[n] = (float(loss), [np.asarray(g) for g in jax.tree.leaves(grads)])
       print("devices", jax.device_count())
       print("loss", out[1][0], out[2][0])
       np.testing.assert_allclose(out[1][0], out[2][0], rtol=1e-6)
       for a, b in zip(out[1][1], out[2][1]):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
       print("ok")
   """)
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}

@@ -7,8 +7,8 @@ by the day position of each frame is added, a temporal transformer mixes the tok
 reduce 11 x d_model to `reduced_tokens` x `token_dim` and then to the `bottleneck` code z (Softplus). The
 decoder mirrors this; the transformer and the time table are one instance shared by encoder and decoder.
 With `reference_batch_mixing=True` the encoder transformer attends across the samples of the batch (frames
-act as the batch), which reproduces the reference bit-for-bit but makes z depend on the other samples;
-the default attends over the 11 frames of each sample. Intermediates are sown into `'intermediates'`.
+act as the batch), which reproduces the reference (to float32 rounding) but makes z depend on the other
+samples; the default attends over the 11 frames of each sample. Dropout uses the `'dropout'` RNG stream. Intermediates are sown into `'intermediates'`.
 
 Dimension letters: B batch, T frames (11), G = T - 1 time gaps, H/W rows/columns, C channels, N = B*T
 folded images, D d_model, F token_dim, R reduced tokens, Z bottleneck.
@@ -35,7 +35,7 @@ def frame_positions(time_gaps_BG: jax.Array) -> jax.Array:
 
 
 class ConvEncoder(nn.Module):
-  """conv0 (1x1) -> block1 (+pool residual) -> conv1 2x2/2 -> block2 (+pool residual) -> conv2 2x2/2 pad 1 -> block3."""
+  """conv0 1x1, block1 (+pool residual), conv1 2x2/2, block2 (+pool residual), conv2 2x2/2 pad 1, block3."""
   widths: tuple[int, int, int]
   token_channels: int
   dropout: float
@@ -54,7 +54,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-  """block1 (+pool residual) -> convT 4->8 -> block2 (+pool residual) -> convT 8->15 -> block3 -> 2 refinement convs."""
+  """block1 (+pool residual), convT 4->8, block2 (+pool residual), convT 8->15, block3, 2 refinement convs."""
   widths: tuple[int, int, int]
   channels: int
   dropout: float

@@ -53,9 +53,9 @@ def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
   return ((k // 2, k // 2), (k // 2, k // 2))
 
 
-def conv(features: int, k: int, name: str | None = None, use_bias: bool = True) -> nn.Conv:
-  """k x k stride-1 conv with torch padding k//2 (odd k)."""
-  return nn.Conv(features, (k, k), padding=_pad(k), use_bias=use_bias, name=name)
+def conv(features: int, k: int, name: str | None = None) -> nn.Conv:
+  """k x k stride-1 conv with bias and torch padding k//2 (odd k)."""
+  return nn.Conv(features, (k, k), padding=_pad(k), name=name)
 
 
 def max_pool_residual(y_NHWC: jax.Array, x_NHWC: jax.Array) -> jax.Array:

@@ -68,8 +68,10 @@ def _conv_attention(t: str, p: Path) -> list[Rule]:
 
 
 def _multi_scale(t: str, p: Path) -> list[Rule]:
-  return (_module(f"{t}.convs.0.0", p + ("convs_0",), "conv") + _module(f"{t}.convs.1.0", p + ("convs_1",), "conv")
-          + _cbam(f"{t}.attention", p + ("attention",)) + _module(f"{t}.fusion.0", p + ("fusion",), "conv1x1"))
+  return [*_module(f"{t}.convs.0.0", p + ("convs_0",), "conv"),
+          *_module(f"{t}.convs.1.0", p + ("convs_1",), "conv"),
+          *_cbam(f"{t}.attention", p + ("attention",)),
+          *_module(f"{t}.fusion.0", p + ("fusion",), "conv1x1")]
 
 
 def _transformer(prefixes: tuple[str, ...], p: Path, layers: int) -> list[Rule]:
@@ -84,8 +86,10 @@ def _transformer(prefixes: tuple[str, ...], p: Path, layers: int) -> list[Rule]:
                             ("linear1.bias", "same", ("linear1", "bias")),
                             ("linear2.weight", "dense", ("linear2", "kernel")),
                             ("linear2.bias", "same", ("linear2", "bias")),
-                            ("norm1.weight", "same", ("norm1", "scale")), ("norm1.bias", "same", ("norm1", "bias")),
-                            ("norm2.weight", "same", ("norm2", "scale")), ("norm2.bias", "same", ("norm2", "bias"))):
+                            ("norm1.weight", "same", ("norm1", "scale")),
+                            ("norm1.bias", "same", ("norm1", "bias")),
+                            ("norm2.weight", "same", ("norm2", "scale")),
+                            ("norm2.bias", "same", ("norm2", "bias"))):
       rules.append(Rule(tuple(f"{pre}.layers.{i}.{sub}" for pre in prefixes), lp + leaf, kind))
   return rules
 
@@ -98,22 +102,30 @@ def ae_rules(model: TransformerAE, enc: str = "encoder", dec: str = "decoder",
     table_keys = (table, f"{enc}.{table}", f"{dec}.{table}")
   e, d = f"{enc}.dim_reducer", f"{dec}.upscaler"
   ce, cd = root + ("conv_encoder",), root + ("conv_decoder",)
-  return ([Rule(table_keys, root + ("time_table", "embedding"), "same")]
-          + _module(f"{e}.conv0.0", ce + ("conv0",), "conv1x1") + _multi_scale(f"{e}.block1", ce + ("block1",))
-          + _module(f"{e}.conv1.0", ce + ("conv1",), "conv") + _conv_attention(f"{e}.block2", ce + ("block2",))
-          + _module(f"{e}.conv2.0", ce + ("conv2",), "conv") + _conv_attention(f"{e}.block3", ce + ("block3",))
-          + _transformer((f"{enc}.transformer_enc", f"{dec}.transformer_dec"), root + ("transformer",), model.layers)
-          + _module(f"{enc}.encoder_linear.0", root + ("encoder_linear",), "dense")
-          + _module(f"{enc}.token_reducer.0", root + ("token_reducer",), "dense")
-          + _module(f"{enc}.bottleneck_reducer.0", root + ("bottleneck_reducer",), "dense")
-          + _conv_attention(f"{d}.block1", cd + ("block1",)) + _module(f"{d}.conv1.0", cd + ("conv1",), "convT")
-          + _conv_attention(f"{d}.block2", cd + ("block2",)) + _module(f"{d}.upsample2", cd + ("upsample2",), "convT")
-          + _multi_scale(f"{d}.block3", cd + ("block3",))
-          + _module(f"{d}.final_refinement.0", cd + ("refine1",), "conv")
-          + _module(f"{d}.final_refinement.2", cd + ("refine2",), "conv")
-          + _module(f"{dec}.decoder_linear.0", root + ("decoder_linear",), "dense")
-          + _module(f"{dec}.token_upsampler.0", root + ("token_upsampler",), "dense")
-          + _module(f"{dec}.bottleneck_expander.0", root + ("bottleneck_expander",), "dense"))
+  return [
+      Rule(table_keys, root + ("time_table", "embedding"), "same"),
+      *_module(f"{e}.conv0.0", ce + ("conv0",), "conv1x1"),
+      *_multi_scale(f"{e}.block1", ce + ("block1",)),
+      *_module(f"{e}.conv1.0", ce + ("conv1",), "conv"),
+      *_conv_attention(f"{e}.block2", ce + ("block2",)),
+      *_module(f"{e}.conv2.0", ce + ("conv2",), "conv"),
+      *_conv_attention(f"{e}.block3", ce + ("block3",)),
+      *_transformer((f"{enc}.transformer_enc", f"{dec}.transformer_dec"), root + ("transformer",),
+                    model.layers),
+      *_module(f"{enc}.encoder_linear.0", root + ("encoder_linear",), "dense"),
+      *_module(f"{enc}.token_reducer.0", root + ("token_reducer",), "dense"),
+      *_module(f"{enc}.bottleneck_reducer.0", root + ("bottleneck_reducer",), "dense"),
+      *_conv_attention(f"{d}.block1", cd + ("block1",)),
+      *_module(f"{d}.conv1.0", cd + ("conv1",), "convT"),
+      *_conv_attention(f"{d}.block2", cd + ("block2",)),
+      *_module(f"{d}.upsample2", cd + ("upsample2",), "convT"),
+      *_multi_scale(f"{d}.block3", cd + ("block3",)),
+      *_module(f"{d}.final_refinement.0", cd + ("refine1",), "conv"),
+      *_module(f"{d}.final_refinement.2", cd + ("refine2",), "conv"),
+      *_module(f"{dec}.decoder_linear.0", root + ("decoder_linear",), "dense"),
+      *_module(f"{dec}.token_upsampler.0", root + ("token_upsampler",), "dense"),
+      *_module(f"{dec}.bottleneck_expander.0", root + ("bottleneck_expander",), "dense"),
+  ]
 
 
 FUSION_IGNORED = ("bottleneck_expander.0.weight", "bottleneck_expander.0.bias")
@@ -181,10 +193,10 @@ def _flat_paths(tree: Any) -> set[Path]:
 def _checked_rules(model: Model) -> tuple[list[Rule], tuple[str, ...], Any]:
   rules, ignored = rules_for(model)
   target = abstract_params(model)
-  covered = [r.path for r in rules]
-  if len(set(covered)) != len(covered) or set(covered) != _flat_paths(target):
+  covered, leaves = [r.path for r in rules], _flat_paths(target)
+  if len(set(covered)) != len(covered) or set(covered) != leaves:
     raise AssertionError(f"torch mapping out of sync with {type(model).__name__}: uncovered "
-                         f"{sorted(_flat_paths(target) - set(covered))}, stale {sorted(set(covered) - _flat_paths(target))}")
+                         f"{sorted(leaves - set(covered))}, stale {sorted(set(covered) - leaves)}")
   return rules, ignored, target
 
 
