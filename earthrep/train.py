@@ -14,6 +14,7 @@ selection metric (centre-pixel MAE) are kept beside the latest.
 from __future__ import annotations
 
 import functools
+import logging as pylogging
 import math
 import time
 from pathlib import Path
@@ -223,9 +224,17 @@ def _fmt(values: dict[str, float]) -> str:
   return ", ".join(f"{k}={v:.5g}" for k, v in sorted(values.items()))
 
 
+class _OwnInfoOnly(pylogging.Filter):
+  """Keeps INFO lines of earthrep itself; libraries (Orbax logs every file it writes) only from WARNING."""
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or "earthrep" in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
   parallel.maybe_initialize_distributed()
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
