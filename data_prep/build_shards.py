@@ -378,6 +378,39 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
   return meta
 
 
+def write_records(out: str | Path, spec: schema.RecordSpec, records: dict[str, Iterator[dict[str, Any]]],
+                  *, records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, extra: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+  """Writes ready-made records per split into a shard directory (data of sensors beyond S1/S2).
+
+  The layout of `spec` is stored in the metadata and is what readers decode with, so a new sensor
+  needs no change here or in `earthrep.data`.
+  """
+  out = Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  _clear_previous(out)
+  writers = {s: SplitWriter(out, spec.modality, s, records_per_shard) for s in SPLITS}
+  try:
+    for split, split_records in records.items():
+      for record in split_records:
+        writers[split].write(spec.encode(record))
+    files = {s: w.close(out) for s, w in writers.items()}
+  except BaseException:
+    for w in writers.values():
+      w.abort()
+    raise
+  splits = {s: {"num_records": int(sum(f["num_records"] for f in files[s])), "files": files[s]}
+            for s in SPLITS}
+  meta = {"format_version": schema.SHARD_FORMAT_VERSION, "modality": spec.modality,
+          "layout": spec.layout(), "record_nbytes": spec.nbytes, "splits": splits,
+          "counts": {s: splits[s]["num_records"] for s in SPLITS},
+          "provenance": {"code_version": _code_version(),
+                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+          **(extra or {})}
+  _atomic_write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
+  return meta
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--cubes", required=True, help="cubes dir (DIR/cubes/<site>) or one site folder")

@@ -69,7 +69,7 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
   c.eval_at_start = True     # validation at step 0 gives the baseline the demo compares against
   if variant == "runlocal":
     c.batch_size = 32
-    c.total_steps = 600
+    c.total_steps = 400
     c.eval_every_steps = 100
     c.log_every_steps = 20
     c.keep_best = 2

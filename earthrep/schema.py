@@ -126,13 +126,34 @@ def record_fields(modality: str) -> tuple[Field, ...]:
   raise ValueError(f"unknown modality {modality!r}; expected one of {MODALITIES}")
 
 
-class RecordSpec:
-  """Encodes/decodes records of one modality to/from bytes."""
+def sensor_fields(sensor: str, channels: int) -> tuple[Field, ...]:
+  """The two fields every sensor contributes to a record: its patch and its per-frame days."""
+  return (Field(sensor, "<f4", _patch(channels)), Field(f"{sensor}_days", "<i4", (PATCH_FRAMES,)))
 
-  def __init__(self, modality: str):
+
+class RecordSpec:
+  """Encodes/decodes records of one modality to/from bytes.
+
+  The built-in modalities (s1, s2, fused) have fixed layouts; data of other sensors (see
+  `earthrep.sensors`) use any modality name with explicit `fields` (e.g. from `sensor_fields`), and
+  their readers rebuild the spec from the layout stored in the shard metadata (`from_layout`).
+  """
+
+  def __init__(self, modality: str, fields: Sequence[Field] | None = None):
     self.modality = modality
-    self.fields = record_fields(modality)
+    self.fields = tuple(fields) if fields is not None else record_fields(modality)
     self.nbytes = sum(f.nbytes for f in self.fields)
+
+  @classmethod
+  def from_layout(cls, modality: str, layout: Sequence[Mapping[str, Any]]) -> "RecordSpec":
+    return cls(modality, [Field(str(f["name"]), str(f["dtype"]), tuple(int(n) for n in f["shape"]))
+                          for f in layout])
+
+  @property
+  def sensors(self) -> tuple[str, ...]:
+    """Sensors present: every patch field with a `<name>_days` companion, in field order."""
+    names = {f.name for f in self.fields}
+    return tuple(f.name for f in self.fields if f"{f.name}_days" in names)
 
   def encode(self, example: Mapping[str, Any]) -> bytes:
     parts = []

@@ -43,8 +43,8 @@ DEFAULT_READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
 class DecodeRecord(grain.MapTransform):
   """bytes -> dict of the record's fields (NaN = invalid); `RecordSpec.decode` with the offsets cached."""
 
-  def __init__(self, modality: str):
-    self.spec = schema.RecordSpec(modality)
+  def __init__(self, spec: schema.RecordSpec):
+    self.spec = spec
     self._fields, offset = [], 0
     for f in self.spec.fields:
       dtype = np.dtype(f.dtype)
@@ -68,10 +68,6 @@ class HideCentre(grain.RandomMapTransform):
     return element | {f"{self.sensor}_hidden": np.bool_(rng.random() < self.prob)}
 
 
-def _sensors(modality: str) -> tuple[str, ...]:
-  return {"s1": ("s1",), "s2": ("s2",), "fused": ("s2", "s1")}[modality]
-
-
 def finalize_batch(batch: dict[str, np.ndarray], sensors: tuple[str, ...]) -> dict[str, np.ndarray]:
   """Stacked raw records -> model batch (see the module docstring for the keys)."""
   out: dict[str, np.ndarray] = {}
@@ -91,8 +87,9 @@ def finalize_batch(batch: dict[str, np.ndarray], sensors: tuple[str, ...]) -> di
             f"{s}_hidden": hidden, f"{s}_gaps": preprocess.time_gaps(days), f"{s}_days": days}
   if "delta_days" in batch:
     out["delta_days"] = np.asarray(batch["delta_days"], np.int32).reshape(-1, 1)
-  for k in ("cube_index", "y0", "x0"):
-    out[k] = np.asarray(batch[k], np.int32)
+  for k in ("cube_index", "y0", "x0"):   # provenance, where the layout has it
+    if k in batch:
+      out[k] = np.asarray(batch[k], np.int32)
   return out
 
 
@@ -108,9 +105,9 @@ class FinalizeBatch(grain.MapTransform):
 def _check_hide(shards: ShardSet, hide_centre_prob: float, hide_sensor: str) -> None:
   if not 0.0 <= hide_centre_prob <= 1.0:
     raise ValueError(f"hide_centre_prob {hide_centre_prob}: expected a probability in [0, 1]")
-  if hide_centre_prob > 0 and hide_sensor not in _sensors(shards.modality):
+  if hide_centre_prob > 0 and hide_sensor not in shards.sensors:
     raise ValueError(f"hide_sensor {hide_sensor!r}: not in {shards.modality!r} data "
-                     f"(sensors {_sensors(shards.modality)})")
+                     f"(sensors {shards.sensors})")
 
 
 def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, seed: int,
@@ -144,11 +141,11 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])
   sampler = grain.IndexSampler(num_records=len(source), shard_options=shard_options, shuffle=shuffle,
                                num_epochs=num_epochs, seed=seed)
-  operations: list[Any] = [DecodeRecord(shards.modality)]
+  operations: list[Any] = [DecodeRecord(shards.spec)]
   if hide_centre_prob > 0:
     operations.append(HideCentre(hide_centre_prob, hide_sensor))
   operations += [grain.Batch(batch_size=per_host, drop_remainder=drop_remainder),
-                 FinalizeBatch(_sensors(shards.modality))]
+                 FinalizeBatch(shards.sensors)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                           shard_options=shard_options, read_options=read_options or DEFAULT_READ_OPTIONS)
@@ -164,7 +161,7 @@ def eval_batches(data_dir: str | Path, split: str, batch_size: int, *, hide_cent
   if batch_size <= 0:
     raise ValueError(f"batch_size {batch_size} must be positive")
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])
-  spec, sensors, n = shards.spec, _sensors(shards.modality), len(source)
+  spec, sensors, n = shards.spec, shards.sensors, len(source)
   for start in range(0, n, batch_size):
     keys = list(range(start, min(start + batch_size, n)))
     records = [spec.decode(r, where=f"{data_dir} {split} record {k}")

@@ -55,7 +55,7 @@ class ShardSet:
 
   @property
   def sensors(self) -> tuple[str, ...]:
-    return {"s1": ("s1",), "s2": ("s2",), "fused": ("s2", "s1")}[self.modality]
+    return self.spec.sensors
 
 
 def read_metadata(data_dir: str | Path) -> dict[str, Any]:
@@ -126,10 +126,17 @@ def open_shards(data_dir: str | Path, split: str) -> ShardSet:
   meta = read_metadata(data_dir)
   meta_path = data_dir / schema.SHARD_METADATA
   modality = meta.get("modality")
-  if modality not in schema.MODALITIES:
-    raise ShardError(f"{meta_path}: unknown modality {modality!r}")
-  spec = schema.RecordSpec(modality)
-  _check_layout(meta, spec, meta_path)
+  if modality in schema.MODALITIES:
+    spec = schema.RecordSpec(modality)
+    _check_layout(meta, spec, meta_path)
+  else:  # data of other sensors: the stored layout is the contract
+    try:
+      spec = schema.RecordSpec.from_layout(str(modality), meta["layout"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise ShardError(f"{meta_path}: modality {modality!r} needs a valid 'layout' ({e})") from e
+    if not spec.sensors:
+      raise ShardError(f"{meta_path}: modality {modality!r}: the layout has no sensor field "
+                       f"(a patch field `<name>` with a `<name>_days` companion)")
   splits = meta.get("splits", {})
   if split not in splits:
     raise ShardError(f"{meta_path}: no split {split!r}; available: {sorted(splits)}")

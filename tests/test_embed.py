@@ -1,0 +1,170 @@
+"""Feature cubes: naive == fast (clear and daily windows), the Zarr layout (xarray, CRS, transform, time,
+provenance), GeoTIFFs, quick-look, resume, a dask LocalCluster run == the local run, and bad inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from benchmarks.embed_speed import TINY, random_fusion, save_fusion_dir
+from data_prep.demo_world import make_site_cube
+from earthrep import embed, embed_core
+from earthrep import windows as W
+from earthrep.cube import write_zarr
+
+SIZE, DAYS = 18, 200     # output grid 4x4 (4 tiles of 2x2)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  return random_fusion(TINY)
+
+
+@pytest.fixture(scope="module")
+def paths(tiny, tmp_path_factory):
+  root = tmp_path_factory.mktemp("embed")
+  model_dir = save_fusion_dir(*tiny, root / "model")
+  cube = write_zarr(make_site_cube(0, size=SIZE, days=DAYS), root / "site")
+  return model_dir, cube, root
+
+
+@pytest.fixture(scope="module")
+def engine(tiny):
+  return embed_core.Engine(*tiny, batch=64)
+
+
+@pytest.fixture(scope="module")
+def local_run(paths):
+  model_dir, cube, root = paths
+  out = embed.embed_cube(str(model_dir), str(cube), str(root / "local.zarr"), tile=2, batch=64,
+                         geotiff=str(root / "tifs"), quicklook="2019-04-01")
+  with xr.open_zarr(out, consolidated=False) as ds:
+    return out, ds.load()
+
+
+def _merged():
+  return W.merge(make_site_cube(0, size=SIZE, days=DAYS))
+
+
+@pytest.mark.parametrize("mode", ["clear", "daily"])
+def test_fast_equals_naive(engine, mode):
+  merged = _merged()
+  if mode == "clear":
+    win, local = W.clear_windows(merged), merged
+  else:   # every third daily window on a 3x3 tile
+    win = W.anyday_windows(merged, W.daily_days(merged)[::3])
+    local = W.Merged(merged.s2_thwc[:, 1:18, 0:17], merged.s2_time, merged.s1_uhwc[:, 1:18, 0:17],
+                     merged.s1_time)
+  t = local.s2_thwc.shape[1] - 14
+  naive = embed_core.naive_tile(engine, local, win, t, t)
+  fast = embed_core.fast_tile(engine, local, win, t, t)
+  assert np.isfinite(naive).sum() > 7 * 50
+  np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
+  assert np.nanmax(np.abs(naive - fast)) <= 1e-5
+
+
+def test_zarr_layout(local_run, paths):
+  out, ds = local_run
+  model_dir, cube, _ = paths
+  f = ds["features"]
+  assert f.dims == ("feature", "time", "y", "x") and f.dtype == np.float32
+  assert f.shape[2:] == (SIZE - 14, SIZE - 14) and list(ds["feature"].values) == [f"F0{i}" for i in range(1, 8)]
+  assert np.isfinite(f.values).any() and np.isnan(f.values).any()
+  win = W.clear_windows(_merged())
+  np.testing.assert_array_equal(ds["time"].values.astype("datetime64[D]").astype(np.int64), win.target_days)
+  assert (f.attrs.get("grid_mapping") or f.encoding.get("grid_mapping")) == "spatial_ref"
+  gm = ds["spatial_ref"].attrs
+  c, a, _, top, _, e = (float(v) for v in gm["GeoTransform"].split())
+  from earthrep.cube import read_cube
+  src = read_cube(cube)
+  assert a == 10 and e == -10 and c == src.transform[2] + 70 and top == src.transform[5] - 70
+  assert "UTM" in gm["crs_wkt"] or "32632" in gm["crs_wkt"]
+  np.testing.assert_allclose(ds["x"].values[0], c + 5)
+  assert json.loads(ds.attrs["model_config"])["kind"] == "fusion"
+  for key in ("model_dir", "code_version", "input_cube", "dates_mode", "created"):
+    assert ds.attrs[key]
+  assert not list(out.parent.glob(f".{out.name}*"))        # no partial store or tile records left
+
+
+def test_geotiffs_and_quicklook(local_run):
+  import rasterio
+  out, ds = local_run
+  tifs = sorted((out.parent / "tifs").glob("*.tif"))
+  assert len(tifs) == ds.sizes["time"]
+  with rasterio.open(tifs[0]) as src:
+    assert src.count == 7 and src.crs.to_epsg() == 32632
+    gt = [float(v) for v in ds["spatial_ref"].attrs["GeoTransform"].split()]
+    assert src.transform.c == gt[0] and src.transform.f == gt[3]
+    np.testing.assert_array_equal(src.read(), ds["features"].isel(time=0).values)
+  assert (out.parent / f"{out.name}.2019-04-01.png").stat().st_size > 1000
+
+
+def test_resume_skips_finished_tiles_and_gives_the_same_store(local_run, paths, monkeypatch):
+  model_dir, cube, root = paths
+  out = root / "resumed.zarr"
+  real_write, writes = embed._write_region, []
+
+  def failing(store, block, y0, x0):
+    if len(writes) == 2:
+      raise OSError(28, "No space left on device")
+    writes.append((y0, x0))
+    real_write(store, block, y0, x0)
+  monkeypatch.setattr(embed, "_write_region", failing)
+  with pytest.raises(embed.EmbedError, match="No space left"):
+    embed.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64, resume=True)
+  assert not out.exists() and (root / f".{out.name}.partial").exists()
+  monkeypatch.setattr(embed, "_write_region", real_write)
+  engine_state = embed._STATE.copy()
+  (job, (eng, *_)), = engine_state.items()
+  eng.calls.clear()
+  embed.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64, resume=True)
+  assert eng.calls["tiles"] == 2                      # 4 tiles, 2 were finished
+  with xr.open_zarr(out, consolidated=False) as ds:
+    np.testing.assert_array_equal(ds["features"].values, local_run[1]["features"].values)
+
+
+def test_failure_without_resume_leaves_nothing(paths, monkeypatch):
+  model_dir, cube, root = paths
+  out = root / "full_disk.zarr"
+  def failing(*_):
+    raise OSError(28, "No space left on device")
+  monkeypatch.setattr(embed, "_write_region", failing)
+  with pytest.raises(embed.EmbedError, match=f"tile .*No space left"):
+    embed.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64)
+  assert not list(root.glob(f"*{out.name}*"))
+
+
+def test_dask_cluster_equals_local(local_run, paths):
+  distributed = pytest.importorskip("distributed")
+  model_dir, cube, root = paths
+  with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                dashboard_address=None) as cluster:
+    out = embed.embed_cube(str(model_dir), str(cube), str(root / "dask.zarr"), tile=2, batch=64,
+                           scheduler=cluster.scheduler_address)
+  with xr.open_zarr(out, consolidated=False) as ds:
+    np.testing.assert_array_equal(ds["features"].values, local_run[1]["features"].values)
+
+
+def test_bad_inputs(paths, tmp_path, local_run):
+  model_dir, cube, root = paths
+  assert embed.main(["--model", str(model_dir), "--cube", str(cube), "--out", str(local_run[0])]) == 2
+  with pytest.raises(embed.EmbedError, match="exists"):
+    embed.embed_cube(str(model_dir), str(cube), str(local_run[0]))
+  # no valid window: a short cube
+  short = write_zarr(make_site_cube(1, size=SIZE, days=25), tmp_path / "short")
+  with pytest.raises(W.WindowError, match="no valid window"):
+    embed.embed_cube(str(model_dir), str(short), str(tmp_path / "a.zarr"))
+  # channel mismatch
+  bad = save_fusion_dir(*random_fusion(TINY, s2_channels=4), tmp_path / "bad_model")
+  with pytest.raises(embed_core.ModelError, match="s2.channels"):
+    embed.embed_cube(str(bad), str(cube), str(tmp_path / "b.zarr"))
+  # a model fusing S1 on a cube without S1
+  no_s1 = make_site_cube(0, size=SIZE, days=DAYS)
+  no_s1.s1_gamma0, no_s1.s1_time = no_s1.s1_gamma0[:0], no_s1.s1_time[:0]
+  no_s1.s1_orbit_direction = no_s1.s1_orbit_direction[:0]
+  if no_s1.s1_relative_orbit is not None:
+    no_s1.s1_relative_orbit = no_s1.s1_relative_orbit[:0]
+  with pytest.raises(W.WindowError, match="s1_gamma0"):
+    W.merge(no_s1, "cube_without_s1")

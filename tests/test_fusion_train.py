@@ -1,0 +1,138 @@
+"""Stage 2 on top of stage-1 checkpoints: restore, freezing, mismatch errors, and a toy third sensor."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from earthrep import checkpoint, configs, schema, sensors, tasks, train
+from earthrep.data import shards as shards_lib
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _assert_tree_equal(a, b):
+  la, lb = _leaves(a), _leaves(b)
+  assert len(la) == len(lb)
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(x, y)
+
+
+def _stage1(sensor, data_dir, workdir, steps=2):
+  config = configs.stage1_config(sensor, "test")
+  config.update(data_dir=str(data_dir), total_steps=steps, eval_every_steps=steps, eval_at_start=False)
+  train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def stage1_workdirs(tiny_shards, tmp_path_factory):
+  root = tmp_path_factory.mktemp("stage1")
+  return {s: _stage1(s, tiny_shards(s), root / f"{s}_ae") for s in ("s1", "s2")}
+
+
+def _fusion_config(workdirs, data_dir, **overrides):
+  config = configs.fusion_config("test", tuple(workdirs))
+  for s, w in workdirs.items():
+    setattr(config, f"{s}_workdir", str(w))
+  config.update(data_dir=str(data_dir), total_steps=3, eval_every_steps=3, eval_at_start=False, **overrides)
+  return config
+
+
+def test_frozen_fusion_keeps_stage1_params_bitwise_and_holds_no_state_for_them(
+    stage1_workdirs, tiny_shards, tmp_path):
+  config = _fusion_config(stage1_workdirs, tiny_shards("fused"))
+  out = train.train_and_evaluate(config, tmp_path / "fusion")
+  params = out["params"]
+  for s, w in stage1_workdirs.items():
+    _assert_tree_equal(params[f"ae_{s}"], checkpoint.load_params(w))
+  # The fusion layers did train (the trainer initialises them from an RBG key of the seed).
+  task = tasks.make_task(config)
+  initial = jax.jit(task.init)(jax.random.key(config.seed, impl="rbg"), task.example_batch(8))
+  assert not np.array_equal(np.asarray(params["bottleneck_reducer"]["kernel"]),
+                            np.asarray(initial["bottleneck_reducer"]["kernel"]))
+  # The optimiser holds Adam moments for the trained params only.
+  trained = sum(x.size for x, t in zip(jax.tree.leaves(params), jax.tree.leaves(out["trainable"])) if t)
+  frozen = sum(x.size for x in jax.tree.leaves(params)) - trained
+  state_numbers = sum(x.size for x in jax.tree.leaves(out["opt_state"]) if getattr(x, "ndim", 0) > 0)
+  assert frozen > trained > 0 and state_numbers == 2 * trained
+  cfg = json.loads((tmp_path / "fusion" / "model_config.json").read_text())
+  assert cfg["kind"] == "fusion" and set(cfg["model"]["autoencoders"]) == {"s1", "s2"}
+
+
+def test_unfrozen_fusion_fine_tunes_the_autoencoders(stage1_workdirs, tiny_shards, tmp_path):
+  config = _fusion_config(stage1_workdirs, tiny_shards("fused"), freeze_encoders=False)
+  out = train.train_and_evaluate(config, tmp_path / "fusion")
+  assert out["trainable"] is None
+  changed = [not np.array_equal(a, b) for a, b in
+             zip(_leaves(out["params"]["ae_s2"]), _leaves(checkpoint.load_params(stage1_workdirs["s2"])))]
+  assert any(changed)
+
+
+def test_stage1_checkpoint_that_does_not_fit_lists_the_keys(stage1_workdirs, tiny_shards, tmp_path):
+  wrong = tmp_path / "s2_wrong"
+  shutil.copytree(stage1_workdirs["s2"], wrong)
+  cfg = json.loads((wrong / "model_config.json").read_text())
+  cfg["model"]["token_dim"] = 4   # the stored params were trained with token_dim 8
+  (wrong / "model_config.json").write_text(json.dumps(cfg))
+  config = _fusion_config({"s1": stage1_workdirs["s1"], "s2": wrong}, tiny_shards("fused"))
+  with pytest.raises(checkpoint.CheckpointError, match=r"(?s)params do not fit.*encoder_linear"):
+    train.train_and_evaluate(config, tmp_path / "fusion")
+
+
+def test_missing_stage1_workdir_is_named(tiny_shards, tmp_path):
+  config = configs.fusion_config("test")
+  config.update(data_dir=str(tiny_shards("fused")), s1_workdir="")
+  with pytest.raises(ValueError, match="--config.s1_workdir"):
+    train.train_and_evaluate(config, tmp_path / "fusion")
+
+
+# ------------------------------------------------------------------ a new sensor, nothing else retrained
+TOY = "toy_ndvi"
+
+
+def _toy_records(fused_dir, split):
+  """Records of the fused shards plus a 1-band toy sensor (NDVI of the S2 patch)."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  shard_set = shards_lib.open_shards(fused_dir, split)
+  for path in shard_set.paths:
+    reader = ArrayRecordReader(str(path))
+    for raw in reader.read_all():
+      r = shard_set.spec.decode(raw)
+      nir, red = r["s2"][..., 6], r["s2"][..., 2]
+      ndvi = ((nir - red) / (nir + red + 1e-6) + 1.0) / 2.0      # NaN where S2 is invalid
+      yield dict(r, **{TOY: ndvi[..., None].astype(np.float32), f"{TOY}_days": r["s2_days"]})
+    reader.close()
+
+
+def test_a_toy_third_sensor_trains_stage1_then_fusion_leaves_s1_s2_frozen(
+    stage1_workdirs, tiny_shards, tmp_path, monkeypatch):
+  from data_prep import build_shards
+  monkeypatch.setattr(sensors, "_REGISTRY", dict(sensors._REGISTRY))   # register for this test only
+  sensors.register(sensors.Sensor(
+      name=TOY, bands=("NDVI",), scaling="(NDVI + 1) / 2 of the S2 B08/B04 reflectances",
+      stage1=dict(channels=1, bottleneck=1, reduced_tokens=3),
+      fusion_loss=dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0, center_mae=1.0)))
+  fused = tiny_shards("fused")
+  splits = ("train", "validation")
+  toy_spec = schema.RecordSpec(TOY, schema.sensor_fields(TOY, 1))
+  build_shards.write_records(tmp_path / "toy_shards", toy_spec,
+                             {s: _toy_records(fused, s) for s in splits})
+  fused_spec = schema.RecordSpec("fused")
+  three_spec = schema.RecordSpec("s1_s2_toy", fused_spec.fields + schema.sensor_fields(TOY, 1))
+  build_shards.write_records(tmp_path / "three_shards", three_spec,
+                             {s: _toy_records(fused, s) for s in splits})
+  assert shards_lib.open_shards(tmp_path / "three_shards", "train").sensors == ("s2", "s1", TOY)
+
+  toy_workdir = _stage1(TOY, tmp_path / "toy_shards", tmp_path / "toy_ae")
+  workdirs = {**stage1_workdirs, TOY: toy_workdir}
+  out = train.train_and_evaluate(_fusion_config(workdirs, tmp_path / "three_shards"), tmp_path / "fusion3")
+  for s, w in workdirs.items():
+    _assert_tree_equal(out["params"][f"ae_{s}"], checkpoint.load_params(w))
+  assert out["params"]["type_embed"]["embedding"].shape[0] == 3
+  assert np.isfinite(out["history"][-1]["val_metric"])
