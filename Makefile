@@ -35,7 +35,9 @@ demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $
 	    --config.data_dir=$(DEMO)/shards/s1
 	$(BIN)/python -m earthrep.train --config experiments/s2_ae.py:runlocal --workdir $(RUNS)/s2_ae \
 	    --config.data_dir=$(DEMO)/shards/s2
-	@echo "demo: stage-1 autoencoders trained; workdirs under $(RUNS)"
+	$(BIN)/python -m earthrep.train --config experiments/fusion.py:runlocal --workdir $(RUNS)/fusion \
+	    --config.s1_workdir=$(RUNS)/s1_ae --config.s2_workdir=$(RUNS)/s2_ae --config.data_dir=$(DEMO)/shards/fused
+	@echo "demo: stage-1 autoencoders and the fusion model trained; workdirs under $(RUNS)"
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -109,4 +109,7 @@ def fusion_config(arg: str | None, sensor_names: tuple[str, ...] = ("s1", "s2")
   # it as the loss target (0 reproduces the reference's training).
   c.data_kwargs = ml_collections.ConfigDict(dict(hide_centre_prob=0.25, hide_sensor="s2"))
   c.keep_best = 1                # the reference keeps the single best fusion checkpoint
+  if variant == "runlocal":
+    c.total_steps = 200
+    c.eval_every_steps = 50
   return c

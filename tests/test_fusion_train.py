@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from earthrep import checkpoint, configs, schema, sensors, tasks, train
+from earthrep import checkpoint, configs, schema, sensors, train
 from earthrep.data import shards as shards_lib
 
 
@@ -51,16 +51,13 @@ def test_frozen_fusion_keeps_stage1_params_bitwise_and_holds_no_state_for_them(
   params = out["params"]
   for s, w in stage1_workdirs.items():
     _assert_tree_equal(params[f"ae_{s}"], checkpoint.load_params(w))
-  # The fusion layers did train (the trainer initialises them from an RBG key of the seed).
-  task = tasks.make_task(config)
-  initial = jax.jit(task.init)(jax.random.key(config.seed, impl="rbg"), task.example_batch(8))
-  assert not np.array_equal(np.asarray(params["bottleneck_reducer"]["kernel"]),
-                            np.asarray(initial["bottleneck_reducer"]["kernel"]))
-  # The optimiser holds Adam moments for the trained params only.
+  # The optimiser holds Adam moments for the trained params only, and they moved (the fusion
+  # layers received gradients and were updated).
   trained = sum(x.size for x, t in zip(jax.tree.leaves(params), jax.tree.leaves(out["trainable"])) if t)
   frozen = sum(x.size for x in jax.tree.leaves(params)) - trained
-  state_numbers = sum(x.size for x in jax.tree.leaves(out["opt_state"]) if getattr(x, "ndim", 0) > 0)
-  assert frozen > trained > 0 and state_numbers == 2 * trained
+  moments = [np.asarray(x) for x in jax.tree.leaves(out["opt_state"]) if getattr(x, "ndim", 0) > 0]
+  assert frozen > trained > 0 and sum(m.size for m in moments) == 2 * trained
+  assert all(np.abs(m).max() > 0 for m in moments)
   cfg = json.loads((tmp_path / "fusion" / "model_config.json").read_text())
   assert cfg["kind"] == "fusion" and set(cfg["model"]["autoencoders"]) == {"s1", "s2"}
 
