@@ -81,12 +81,16 @@ class FusionTask:
     return {s: (batch[f"{s}_x"], batch[f"{s}_gaps"]) for s in self.sensors}
 
   def offsets(self, batch: dict[str, jax.Array]) -> jax.Array:
-    """(B, K) rows of the pair-position table: 0 for the reference sensor, `delta_days` for S2."""
+    """(B, K) rows of the pair-position table: 0 for the reference sensor, `delta_days` for S2 (0 when
+    S2 is fused without S1, as the any-day inference does)."""
     b = batch[f"{self.sensors[0]}_x"].shape[0]
     cols = []
     for s in self.sensors:
-      key = sensors.get(s).offset_key
-      cols.append(jnp.zeros((b,), jnp.int32) if key is None else batch[key].reshape(b).astype(jnp.int32))
+      spec = sensors.get(s)
+      if spec.offset_key is None or spec.offset_from not in self.sensors:
+        cols.append(jnp.zeros((b,), jnp.int32))
+      else:
+        cols.append(batch[spec.offset_key].reshape(b).astype(jnp.int32))
     return jnp.stack(cols, axis=1)
 
   def _apply(self, params, batch, *, train: bool, rng=None):

@@ -21,6 +21,7 @@ class Sensor:
   stage1: dict                        # channels, bottleneck, reduced_tokens of its autoencoder
   fusion_loss: dict                   # lambda_mae, lambda_ssim, lambda_sam, center_mae
   offset_key: str | None = None       # batch key (B, 1) with its fusion time-table row; None -> row 0
+  offset_from: str | None = None      # the sensor that offset is measured from; row 0 without it
 
   @property
   def channels(self) -> int:
@@ -59,4 +60,4 @@ register(Sensor(
     # 6 reduced tokens as the released fusion checkpoint needs (train_modality.py used 7).
     stage1=dict(channels=10, bottleneck=9, reduced_tokens=6),
     fusion_loss=dict(lambda_mae=0.665, lambda_ssim=0.02, lambda_sam=0.315, center_mae=1.75),
-    offset_key="delta_days"))
+    offset_key="delta_days", offset_from="s1"))

@@ -10,10 +10,16 @@ their centre S2 frame hidden from the input (`data_kwargs.hide_centre_prob`), so
 answer for days without a clear S2 observation. Default: the reference's fusion schedule (AdamW 1e-4,
 warm-up 30k steps, plateau factor 0.3 / patience 9) for GPU/TPU; `runlocal` trains the fusion layers on
 the demo's fused shards in a few minutes on a CPU and should bring the validation metric (mean of the S1
-and S2 centre-pixel MAE) clearly below its step-0 value; `test` is tiny.
+and S2 centre-pixel MAE) clearly below its step-0 value; `test` is tiny. A `_s2only` suffix
+(`:runlocal_s2only`) fuses the S2 autoencoder alone: the "without S1" comparison of
+`benchmarks/anyday_reconstruction.py`.
 """
 from earthrep import configs
 
 
 def get_config(arg=None):
+  arg = arg or ""
+  if arg.endswith("_s2only") or arg == "s2only":
+    config = configs.fusion_config(arg.removesuffix("s2only").removesuffix("_"), ("s2",))
+    return config
   return configs.fusion_config(arg)
