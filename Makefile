@@ -8,6 +8,7 @@ DEMO ?= demo
 RUNS ?= $(DEMO)/runs
 SEED ?= 0
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean-demo
 
@@ -21,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # ---------------------------------------------------------------- the demo pipeline
 $(DEMO)/sites.csv: | $(STAMP)

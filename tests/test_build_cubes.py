@@ -112,6 +112,19 @@ def test_cubes_feed_build_shards(built, tmp_path):
   assert list((tmp_path / "shards" / "train").glob("fused-train.array_record-*"))
 
 
+def test_cubes_feed_embed(built, tmp_path):
+  """A built cube is accepted by the feature-cube tool (tiny random fusion model)."""
+  import xarray as xr
+  from benchmarks.embed_speed import random_fusion, save_fusion_dir
+  from earthrep import embed
+  model_dir = save_fusion_dir(*random_fusion(), tmp_path / "model")
+  out = embed.embed_cube(str(model_dir), str(built["out"] / "cubes" / "A"), str(tmp_path / "A.zarr"),
+                         log=lambda msg: None)
+  features = xr.open_zarr(out)["features"]
+  assert features.sizes["feature"] == 7 and features.sizes["time"] > 0
+  assert np.isfinite(features.values).any()
+
+
 def test_resume_skips_finished_sites(world, built):
   store = built["out"] / "cubes" / "A" / "cube.zarr"
   before = store.stat().st_mtime_ns
