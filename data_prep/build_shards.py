@@ -39,7 +39,6 @@ import datetime
 import logging
 import os
 import random
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -48,7 +47,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from earthrep import cube as cube_lib
-from earthrep import preprocess, schema
+from earthrep import preprocess, provenance, schema
 from earthrep.data.shards import SPLITS, is_shard_file, shard_filename
 
 log = logging.getLogger("build_shards")
@@ -253,20 +252,7 @@ class SplitWriter:
       temp.unlink(missing_ok=True)
 
 
-def _code_version() -> str:
-  root = Path(__file__).resolve().parent.parent
-  try:
-    rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                         timeout=10, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, timeout=10).stdout.strip()
-    return rev + ("-dirty" if dirty else "")
-  except (OSError, subprocess.SubprocessError):
-    from importlib import metadata
-    try:
-      return "earthrep " + metadata.version("earthrep")
-    except metadata.PackageNotFoundError:
-      return "unknown"
+_code_version = provenance.code_version
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

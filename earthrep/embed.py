@@ -28,7 +28,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from earthrep import provenance
 from earthrep import windows as windows_lib
 from earthrep.schema import CENTRE_PX
 
@@ -125,19 +125,7 @@ def run_tile(job: Job, tile: tuple[int, int, int, int]) -> int:
   return ty * tx
 
 
-def code_version() -> str:
-  try:
-    out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=Path(__file__).parent,
-                         capture_output=True, text=True, timeout=10)
-    if out.returncode == 0 and out.stdout.strip():
-      return out.stdout.strip()
-  except (OSError, subprocess.SubprocessError):
-    pass
-  from importlib import metadata
-  try:
-    return metadata.version("earthrep")
-  except metadata.PackageNotFoundError:
-    return "unknown"
+code_version = provenance.code_version
 
 
 def _template(job: Job, cube, windows, attrs: dict) -> None:
