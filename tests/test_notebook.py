@@ -19,7 +19,7 @@ KERNEL = "python3"
 
 
 def _parameters(workdir: Path) -> str:
-  params = dict(VARIANT="test", WORKDIR=str(workdir), SEED=1, WORLD_SIZE=24, WORLD_SITES=4,
+  params = dict(VARIANT="test", WORKDIR=str(workdir), SEED=1, WORLD_SIZE=24, WORLD_SITES=3,
                 WORLD_START="2019-01-01", WORLD_DAYS=365, STAGE1_STEPS=2, FUSION_STEPS=2,
                 GPP_FEATURES="fused,ndvi,s1", GPP_REGRESSORS="ridge,transformer", GPP_STEPS=4, GPP_WINDOW_DAYS=30)
   lines = [f"{k} = {v!r}" for k, v in params.items()]
@@ -38,6 +38,7 @@ def test_committed_notebook_is_clean():
   assert all(not c.outputs and c.execution_count is None for c in code), "clear the notebook's outputs"
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(tmp_path):
   specs = kernelspec.KernelSpecManager().find_kernel_specs()
   if KERNEL not in specs:
@@ -61,7 +62,7 @@ def test_quickstart_notebook_runs(tmp_path):
   demo = tmp_path / "demo"
   report = demo / "gpp_report"
   sites = pd.read_csv(demo / "world" / "sites.csv")["site_id"].tolist()
-  assert len(sites) == 4
+  assert len(sites) == 3
   for run in ("s1_ae", "s2_ae", "fusion"):
     cfg = json.loads((demo / "runs" / run / "model_config.json").read_text())
     assert cfg["config"]["total_steps"] == 2
