@@ -45,17 +45,7 @@ def random_fusion(size: dict = TINY, sensors=("s1", "s2"), seed: int = 0, s2_cha
   shapes = dict(AE_SHAPES, s2=(s2_channels, 9, 6))
   aes = tuple(TransformerAE(*shapes[s], **size["ae"]) for s in sensors)
   model = FusionModel(aes, tuple(sensors), bottleneck=7, **size["fusion"])
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, a):
-    name = path[-1].key
-    if name == "scale":
-      return np.ones(a.shape, np.float32)
-    if name == "embedding":
-      return rng.normal(size=a.shape).astype(np.float32)
-    fan_in = int(np.prod(a.shape[:-1])) if len(a.shape) > 1 else a.shape[0]
-    return (rng.uniform(-1, 1, a.shape) / np.sqrt(fan_in)).astype(np.float32)
-  return model, jax.tree_util.tree_map_with_path(leaf, torch_import.abstract_params(model))
+  return model, torch_import.random_params(model, seed)
 
 
 def save_fusion_dir(model: FusionModel, params, out: str | Path) -> Path:

@@ -31,17 +31,7 @@ def _inputs(channels: int, batch: int, seed: int = 0):
 
 
 def _random_params(model, seed: int = 0):
-  """Params from numpy (model.init would compile one threefry sampler per leaf: ~10-20 s on CPU)."""
-  rng = np.random.default_rng(seed)
-  def leaf(path, a):
-    name = path[-1].key
-    if name == "scale":
-      return np.ones(a.shape, np.float32)
-    if name == "embedding":
-      return rng.normal(size=a.shape).astype(np.float32)
-    fan_in = int(np.prod(a.shape[:-1])) if len(a.shape) > 1 else a.shape[0]
-    return rng.uniform(-1, 1, a.shape).astype(np.float32) / np.sqrt(fan_in)   # torch's default bound
-  return jax.tree_util.tree_map_with_path(leaf, torch_import.abstract_params(model))
+  return torch_import.random_params(model, seed)
 
 
 def _full_fusion() -> FusionModel:
