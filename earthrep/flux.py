@@ -118,25 +118,27 @@ def qc_column_for(gpp_column: str) -> str:
   return f"NEE_{match.group(1)}_{match.group(2)}_QC"
 
 
-def _fluxnet_gpp_column(table: pd.DataFrame, where: str, requested: str | None) -> str:
+def _first_gpp_column(table: pd.DataFrame, where: str, requested: str | None,
+                      candidates: tuple[str, ...] | list[str]) -> str | None:
+  """The requested column (must exist), else the first candidate present, else None."""
   if requested:
     if requested not in table.columns:
       raise _error(where, requested, "requested GPP column not in file")
     return requested
-  for name in FLUXNET_GPP_COLUMNS:
-    if name in table.columns:
-      return name
+  return next((name for name in candidates if name in table.columns), None)
+
+
+def _fluxnet_gpp_column(table: pd.DataFrame, where: str, requested: str | None) -> str:
+  name = _first_gpp_column(table, where, requested, FLUXNET_GPP_COLUMNS)
+  if name:
+    return name
   raise _error(where, "GPP_NT_VUT_REF", f"no GPP column (tried {', '.join(FLUXNET_GPP_COLUMNS)})")
 
 
 def _base_gpp_column(table: pd.DataFrame, where: str, requested: str | None) -> str:
-  if requested:
-    if requested not in table.columns:
-      raise _error(where, requested, "requested GPP column not in file")
-    return requested
-  for name in BASE_GPP_COLUMNS:
-    if name in table.columns:
-      return name
+  name = _first_gpp_column(table, where, requested, BASE_GPP_COLUMNS)
+  if name:
+    return name
   qualified = sorted(c for c in table.columns if re.fullmatch(r"GPP(_PI)?(_F)?(_\d+){1,3}", c))
   if qualified:
     return qualified[0]
