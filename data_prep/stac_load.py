@@ -32,6 +32,7 @@ import xarray as xr
 
 from data_prep import stac_catalogs as cat
 from earthrep import cube as cube_lib
+from earthrep import geotiff
 from earthrep.schema import (CLOUD_CLEAR, CLOUD_NODATA, CLOUD_SHADOW, CLOUD_THICK, CLOUD_THIN, ORBIT_DIRECTIONS,
                              PIXEL_SIZE_M, S1_BANDS, S2_BANDS)
 
@@ -155,8 +156,8 @@ class LazyS2:
 
 def load_s2(items: list[Any], grid: SiteGrid, lon: float, detector: CloudDetector) -> LazyS2:
   cat.require_assets(items, cat.S2_ASSETS)
-  parse = cube_lib._parse_baseline
-  offsets = {it.id: cat.boa_offset_dn(it, cube_lib.OFFSET_FROM_DATE, cube_lib.OFFSET_BASELINE, parse)
+  parse = geotiff.parse_baseline
+  offsets = {it.id: cat.boa_offset_dn(it, geotiff.OFFSET_FROM_DATE, geotiff.OFFSET_BASELINE, parse)
              for it in items}
   by_day: dict[np.datetime64, list[Any]] = collections.defaultdict(list)
   for it in items:

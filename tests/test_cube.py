@@ -16,6 +16,7 @@ from rasterio.crs import CRS
 from scipy import ndimage
 
 from earthrep import cube as cube_io
+from earthrep import geotiff
 from earthrep.cube import CubeError
 from earthrep.schema import S1_BANDS, S2_BANDS, ZARR_NAME, SiteCube, SiteMeta
 
@@ -84,7 +85,7 @@ def test_zarr_geotiff_round_trip(tmp_path):
   cube = make_cube()
   cube_io.write_zarr(cube, tmp_path / "zarr_site")
   from_zarr = cube_io.read_cube(tmp_path / "zarr_site")
-  cube_io.write_geotiff_stack(from_zarr, tmp_path / "tif_site")
+  geotiff.write_geotiff_stack(from_zarr, tmp_path / "tif_site")
   assert sorted(p.name for p in (tmp_path / "tif_site" / "s1").iterdir())[:2] == [
       "20200228T051730_asc.tif", "20200302T051730_desc.tif"]
   from_tif = cube_io.read_cube(tmp_path / "tif_site")
@@ -181,10 +182,10 @@ def test_geotiff_writes_are_atomic_per_file_and_refuse_existing(tmp_path):
       tmp.write_bytes(b"II*\x00 half a tiff")
       raise RuntimeError("crash")
   assert _entries(tmp_path) == []
-  cube_io.write_geotiff_stack(make_cube(t1=3), tmp_path / "site")
+  geotiff.write_geotiff_stack(make_cube(t1=3), tmp_path / "site")
   with pytest.raises(FileExistsError):
-    cube_io.write_geotiff_stack(make_cube(), tmp_path / "site")
-  cube_io.write_geotiff_stack(make_cube(t2=2, t1=2, seed=3), tmp_path / "site", overwrite=True)
+    geotiff.write_geotiff_stack(make_cube(), tmp_path / "site")
+  geotiff.write_geotiff_stack(make_cube(t2=2, t1=2, seed=3), tmp_path / "site", overwrite=True)
   assert len(_entries(tmp_path / "site" / "s2")) == 4 and len(_entries(tmp_path / "site" / "s1")) == 2
   assert_same_cube(cube_io.read_cube(tmp_path / "site"), make_cube(t2=2, t1=2, seed=3))
 
@@ -268,13 +269,13 @@ def test_writer_refuses_an_invalid_cube(tmp_path):
   with pytest.raises(CubeError, match=r"transform: .* not a north-up 10 m grid"):
     cube_io.write_zarr(dataclasses.replace(cube, transform=(20.0, 0, 0, 0, -20.0, 0)), tmp_path)
   with pytest.raises(CubeError, match=r"s1_gamma0: grid \(5, 7\) differs from the S2 grid"):
-    cube_io.write_geotiff_stack(dataclasses.replace(cube, s1_gamma0=cube.s1_gamma0[:, :, 1:]), tmp_path)
+    geotiff.write_geotiff_stack(dataclasses.replace(cube, s1_gamma0=cube.s1_gamma0[:, :, 1:]), tmp_path)
   assert _entries(tmp_path) == []
 
 
 @pytest.fixture
 def tif_site(tmp_path) -> Path:
-  cube_io.write_geotiff_stack(make_cube(), tmp_path / "site")
+  geotiff.write_geotiff_stack(make_cube(), tmp_path / "site")
   return tmp_path / "site"
 
 
@@ -325,7 +326,7 @@ def test_find_cubes(tmp_path):
   cubes = tmp_path / "data" / "cubes"
   cube_io.write_zarr(make_cube(), cubes / "site_b")
   cube_io.write_zarr(make_cube(), cubes / "site_a")
-  cube_io.write_geotiff_stack(make_cube(), cubes / "site_c")
+  geotiff.write_geotiff_stack(make_cube(), cubes / "site_c")
   (cubes / "notes.txt").write_text("x")
   (cubes / ".site_d.tmp-123").mkdir()
   (cubes / "empty_dir").mkdir()
@@ -347,21 +348,21 @@ def _dn(band: str) -> np.ndarray:
 
 
 def test_t33uuu_grid_band_order_and_scaling():
-  reflectance, crs, transform = cube_io.read_s2_band_files(T33UUU)
+  reflectance, crs, transform = geotiff.read_s2_band_files(T33UUU)
   assert reflectance.shape == (10, 48, 48) and reflectance.dtype == np.float32
   assert CRS.from_user_input(crs) == CRS.from_epsg(32633) and crs == "EPSG:32633"
   assert transform == T33UUU_TRANSFORM
   for i, band in enumerate(S2_BANDS):   # 2017 = baseline 02.04: reflectance = DN / 10000
     if band in ("B02", "B03", "B04", "B08"):
       np.testing.assert_array_equal(reflectance[i], (_dn(band) / 10000).astype(np.float32), err_msg=band)
-  nearest, _, _ = cube_io.read_s2_band_files(T33UUU, resampling="nearest")
+  nearest, _, _ = geotiff.read_s2_band_files(T33UUU, resampling="nearest")
   for i, band in enumerate(S2_BANDS):
     block = np.kron(_dn(band), np.ones((2, 2))) if band in ("B05", "B06", "B07", "B8A", "B11", "B12") else _dn(band)
     np.testing.assert_array_equal(nearest[i], (block / 10000).astype(np.float32), err_msg=band)
 
 
 def test_t33uuu_bilinear_20m_to_10m():
-  reflectance, _, _ = cube_io.read_s2_band_files(T33UUU)
+  reflectance, _, _ = geotiff.read_s2_band_files(T33UUU)
   centres_in_20m_pixels = (np.arange(48) + 0.5) / 2 - 0.5
   rows, cols = np.meshgrid(centres_in_20m_pixels, centres_in_20m_pixels, indexing="ij")
   for i, band in enumerate(S2_BANDS):
@@ -377,7 +378,7 @@ def test_t33uuu_bilinear_20m_to_10m():
 
 
 def test_t33uuu_through_the_cube_contract(tmp_path):
-  reflectance, crs, transform = cube_io.read_s2_band_files(sorted(T33UUU.glob("*.tif")))
+  reflectance, crs, transform = geotiff.read_s2_band_files(sorted(T33UUU.glob("*.tif")))
   cube = SiteCube(SiteMeta("t33uuu", 13.0, 52.5), crs, transform, reflectance[None],
                   np.zeros((1, 48, 48), np.uint8), np.array(["2017-02-16T10:21:01"], "datetime64[ns]"),
                   np.full((1, 2, 48, 48), 0.05, np.float32), np.array(["2017-02-16T05:00"], "datetime64[ns]"),
@@ -395,13 +396,13 @@ def test_processing_baseline_offset(tmp_path):
     shutil.copy(path, recent / path.name.replace("20170216", "20220301"))
   b02 = S2_BANDS.index("B02")
   with_offset = ((_dn("B02") - 1000) / 10000).astype(np.float32)
-  np.testing.assert_array_equal(cube_io.read_s2_band_files(recent)[0][b02], with_offset)
-  np.testing.assert_array_equal(cube_io.read_s2_band_files(recent, processing_baseline="03.01")[0][b02],
+  np.testing.assert_array_equal(geotiff.read_s2_band_files(recent)[0][b02], with_offset)
+  np.testing.assert_array_equal(geotiff.read_s2_band_files(recent, processing_baseline="03.01")[0][b02],
                                 (_dn("B02") / 10000).astype(np.float32))
-  np.testing.assert_array_equal(cube_io.read_s2_band_files(T33UUU, processing_baseline="N0500")[0][b02], with_offset)
+  np.testing.assert_array_equal(geotiff.read_s2_band_files(T33UUU, processing_baseline="N0500")[0][b02], with_offset)
   safe = tmp_path / "S2B_MSIL1C_20170216T102101_N0510_R065_T33UUU_20240101T000000.SAFE" / "GRANULE" / "IMG_DATA"
   shutil.copytree(T33UUU, safe)
-  np.testing.assert_array_equal(cube_io.read_s2_band_files(safe)[0][b02], with_offset)
+  np.testing.assert_array_equal(geotiff.read_s2_band_files(safe)[0][b02], with_offset)
 
 
 def test_jp2_and_l2a_resolution_suffixes(tmp_path):
@@ -416,7 +417,7 @@ def test_jp2_and_l2a_resolution_suffixes(tmp_path):
       with rasterio.open(tmp_path / f"{path.stem}_{resolution}m.jp2", "w", **profile) as dst:
         dst.write(src.read())
   shutil.copy(T33UUU / f"{T33UUU_STEM}_B05.tif", tmp_path / f"{T33UUU_STEM}_B02_20m.tif")   # coarser B02: ignored
-  np.testing.assert_array_equal(cube_io.read_s2_band_files(tmp_path)[0], cube_io.read_s2_band_files(T33UUU)[0])
+  np.testing.assert_array_equal(geotiff.read_s2_band_files(tmp_path)[0], geotiff.read_s2_band_files(T33UUU)[0])
 
 
 def test_band_file_errors(tmp_path):
@@ -424,15 +425,15 @@ def test_band_file_errors(tmp_path):
     if "B8A" not in path.name:
       shutil.copy(path, tmp_path / path.name)
   with pytest.raises(CubeError, match=r"band: missing band file\(s\) \['B8A'\]"):
-    cube_io.read_s2_band_files(tmp_path)
+    geotiff.read_s2_band_files(tmp_path)
   with pytest.raises(CubeError, match=r"B02.tif: B02: several files"):
-    cube_io.read_s2_band_files([T33UUU / f"{T33UUU_STEM}_B02.tif"] * 2)
+    geotiff.read_s2_band_files([T33UUU / f"{T33UUU_STEM}_B02.tif"] * 2)
   undated = tmp_path / "undated"
   undated.mkdir()
   for path in T33UUU.glob("*.tif"):
     shutil.copy(path, undated / path.name.replace(T33UUU_STEM, "crop"))
   with pytest.raises(CubeError, match=r"crop_B02.tif: processing baseline: not in the path"):
-    cube_io.read_s2_band_files(undated)
-  assert cube_io.read_s2_band_files(undated, processing_baseline="02.04")[0].shape == (10, 48, 48)
+    geotiff.read_s2_band_files(undated)
+  assert geotiff.read_s2_band_files(undated, processing_baseline="02.04")[0].shape == (10, 48, 48)
   with pytest.raises(CubeError, match=r"notes_B2.tif: band: file name has no Sentinel-2 band"):
-    cube_io.read_s2_band_files([undated / "notes_B2.tif"])
+    geotiff.read_s2_band_files([undated / "notes_B2.tif"])
