@@ -40,10 +40,11 @@ FULL = dict(ae={}, fusion={})
 AE_SHAPES = {"s1": (2, 2, 7), "s2": (10, 9, 6)}   # channels, bottleneck, reduced tokens
 
 
-def random_fusion(size: dict = TINY, sensors=("s1", "s2"), seed: int = 0, s2_channels: int = 10):
+def random_fusion(size: dict = TINY, sensors=("s1", "s2"), seed: int = 0, s2_channels: int = 10,
+                  fill: str = "frame"):
   """(FusionModel, params) with torch-like random init built in numpy (no slow init compile)."""
   shapes = dict(AE_SHAPES, s2=(s2_channels, 9, 6))
-  aes = tuple(TransformerAE(*shapes[s], **size["ae"]) for s in sensors)
+  aes = tuple(TransformerAE(*shapes[s], **size["ae"], fill=fill) for s in sensors)
   model = FusionModel(aes, tuple(sensors), bottleneck=7, **size["fusion"])
   return model, torch_import.random_params(model, seed)
 
@@ -81,19 +82,20 @@ def _flops_per_call(engine) -> dict[str, float]:
   return out
 
 
-def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = False) -> dict:
+def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = False, dates: str = "clear") -> dict:
   from data_prep.demo_world import make_site_cube
   from earthrep import embed_core, windows as W
   cube = make_site_cube(seed, size=size, days=days)
   if clear_sky:   # every S2 pixel clear: every crop is shared (the fast path's best case)
     cube.cloud_mask[:] = 0
   merged = W.merge(cube, with_s1="s1" in engine.model.sensors)
-  win = W.clear_windows(merged)
+  win = W.clear_windows(merged) if dates == "clear" else W.anyday_windows(merged, W.daily_days(merged))
   t = size - 14
   rows, cols = np.meshgrid(np.arange(t) + 7, np.arange(t) + 7, indexing="ij")
   n_valid = int(W.pixel_valid(merged, win, rows.ravel(), cols.ravel()).sum())
   flops = _flops_per_call(engine)
-  result = {"cube": f"{size}x{size}px {days}d{' clear-sky' if clear_sky else ''}", "dates": len(win), "pixel_dates": n_valid}
+  result = {"cube": f"{size}x{size}px {days}d {dates}{' clear-sky' if clear_sky else ''}", "dates": len(win),
+            "pixel_dates": n_valid}
   for name, fn in (("naive", embed_core.naive_tile), ("fast", embed_core.fast_tile)):
     fn(engine, merged, win, min(t, 4), min(t, 4))            # compile outside the timing
     engine.calls.clear()
@@ -112,23 +114,27 @@ def main(argv=None) -> None:
   from earthrep import embed_core
   parser = argparse.ArgumentParser()
   parser.add_argument("--full", action="store_true")
-  parser.add_argument("--sizes", default="18x150,22x240,26x365")
+  parser.add_argument("--sizes", default="18x150,22x240,26x365,18x150:daily,22x240:daily",
+                      help="SIZExDAYS[:clear|:daily] cubes (dates mode of earthrep.embed, default clear)")
   parser.add_argument("--clear-sky", default="18x150", help="sizes also run with an all-clear cloud mask")
+  parser.add_argument("--fill", default="frame", choices=("frame", "window"),
+                      help="the model's input fill (window = the reference's; see embed_core)")
   parser.add_argument("--batch", type=int, default=64)
   args = parser.parse_args(argv)
-  model, params = random_fusion(FULL if args.full else RUNLOCAL)
+  model, params = random_fusion(FULL if args.full else RUNLOCAL, fill=args.fill)
   engine = embed_core.Engine(model, params, args.batch)
   ceiling = matmul_ceiling()
   print(f"device {jax.devices()[0].device_kind} x{jax.device_count()}; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s; "
-        f"model {'full' if args.full else 'runlocal'}, batch {engine.batch}")
+        f"model {'full' if args.full else 'runlocal'}, fill {args.fill}, batch {engine.batch}")
   print("| cube | dates | pixel-dates | naive px-d/s | fast px-d/s | speed-up | naive GFLOP/s (% ceil) "
         "| fast GFLOP/s (% ceil) | max |diff| | peak RSS GB |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   runs = [(spec, False) for spec in args.sizes.split(",")]
   runs += [(spec, True) for spec in args.clear_sky.split(",") if spec]
   for spec, clear_sky in runs:
+    spec, _, dates = spec.partition(":")
     size, days = (int(v) for v in spec.split("x"))
-    r = bench_cube(engine, size, days, clear_sky=clear_sky)
+    r = bench_cube(engine, size, days, clear_sky=clear_sky, dates=dates or "clear")
     n, f = r["naive"], r["fast"]
     print(f"| {r['cube']} | {r['dates']} | {r['pixel_dates']} | {n['px_dates_s']:.0f} | {f['px_dates_s']:.0f} | "
           f"{r['speedup']:.1f}x | {n['flop_s'] / 1e9:.1f} ({100 * n['flop_s'] / ceiling:.0f}%) | "

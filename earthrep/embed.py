@@ -18,7 +18,8 @@ chunks are written one region each and recorded afterwards as files in `.<out>.t
 skips finished tiles of a kept partial store; without `--resume` a failed run removes its partial store.
 `--scheduler` spreads tiles over a dask.distributed cluster; each worker writes its own chunks.
 `--geotiff DIR` writes one COG per date (`<YYYY-MM-DD>.tif`, 7 bands); `--quicklook DATE` writes
-`<out>.<DATE>.png`: the PCA (3 components) of that date's embedding beside the S2 true-colour image.
+`<out>.<DATE>.png`: the PCA (3 components) of that date's embedding beside the S2 true-colour image
+(`--quicklook auto`: the date with the most valid pixels).
 """
 from __future__ import annotations
 
@@ -217,6 +218,7 @@ def embed_cube(model_dir: str, cube_path: str, out: str, *, dates: str = "clear"
   if geotiff:
     write_geotiffs(out_path, geotiff)
   if quicklook:
+    quicklook = best_date(out_path) if quicklook == "auto" else quicklook
     write_quicklook(out_path, cube, quicklook, out_path.with_name(f"{out_path.name}.{quicklook}.png"))
   return out_path
 
@@ -268,6 +270,14 @@ def write_geotiffs(store: Path, out_dir: str) -> list[Path]:
     os.replace(tmp, path)
     written.append(path)
   return written
+
+
+def best_date(store: Path) -> str:
+  """The ISO date of the store's time step with the most valid embeddings (the quick-look's `auto`)."""
+  import xarray as xr
+  with xr.open_zarr(store, consolidated=False) as ds:
+    counts = np.isfinite(ds[FEATURES].isel(feature=0).values).sum(axis=(1, 2))
+    return str(ds["time"].values[int(np.argmax(counts))].astype("datetime64[D]"))
 
 
 def _has_driver(name: str) -> bool:
@@ -328,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   group.add_argument("--resume", action="store_true")
   group.add_argument("--overwrite", action="store_true")
   parser.add_argument("--scheduler", help="address of a dask.distributed scheduler")
-  parser.add_argument("--quicklook", help="ISO date of a PNG quick-look")
+  parser.add_argument("--quicklook", help="ISO date of a PNG quick-look, or auto (the clearest date)")
   parser.add_argument("--naive", action="store_true", help="reference path: full forward per window")
   args = parser.parse_args(argv)
   from earthrep.checkpoint import CheckpointError

@@ -1,17 +1,20 @@
 """Embedding engines for one tile of windows: the naive reference path and the fast path.
 
 Naive (the ground truth, as the reference runs it): every (pixel, window) patch is gathered, NaN-filled
-with its own per-channel mean (`fill_patches`) and sent through the full fusion forward, decoders included.
+as the model was trained (`preprocess.fill_patches` with the model's `fill`) and sent through the full
+fusion forward, decoders included.
 Fast (default): (a) only `FusionModel.embed` runs (no decoders); (b) the conv-encoder feature of every
-(pixel, frame) crop without an invalid value is computed once per tile and reused by every window holding
-that frame; a crop with an invalid value is filled with the window's own per-channel mean (which differs
-between windows), so those crops are encoded per window; the window means come from 15x15 box sums of
-valid values per date (no patch is materialised for a clean frame); (c) fixed batch shapes (last batch
-padded), jitted once per shape and sharded over the local devices on the `data` mesh axis. The cached
-features are fed into the unchanged model code by intercepting `ConvEncoder.__call__`
-(`flax.linen.intercept_methods`), so the transformer and fusion layers are the model's own.
-The gain therefore depends on the clouds: with clear crops it is ~11x (conv) plus the skipped decoders; a
-crop with an invalid value costs one conv-encoder pass per window holding it (see benchmarks/embed_speed.py).
+(date, pixel) crop that is the same in every window holding it is computed once per tile and reused by
+all of them; (c) fixed batch shapes (last batch padded), jitted once per shape and sharded over the local
+devices on the `data` mesh axis. The cached features are fed into the unchanged model code by
+intercepting `ConvEncoder.__call__` (`flax.linen.intercept_methods`), so the transformer and fusion layers
+are the model's own. Which crops can be shared depends on the fill:
+* "frame" (earthrep's default): a crop is filled from its own frame, so every crop is shared; a hidden
+  frame (any-day centre) or a crop without any valid value is all zeros and they share one feature.
+* "window" (the reference's fill): a crop with an invalid value is filled with its window's mean, which
+  differs between windows, so those crops are encoded once per window; the window means come from 15x15
+  box sums of valid values per date (no patch is materialised for a clean crop). The gain then depends on
+  the clouds (see benchmarks/embed_speed.py).
 Both return zf (n_windows, ty, tx, 7) for the output pixels of a tile, NaN where the pixel-window is invalid.
 
 Dimension letters: n windows, k frames, q valid (window, pixel) pairs, p tile pixels, t dates, c channels.
@@ -56,6 +59,10 @@ def check_model(model: FusionModel, where: str = "model") -> None:
   unknown = [s for s in model.sensors if s not in SUPPORTED]
   if unknown or "s2" not in model.sensors:
     raise ModelError(f"{where}: sensors: {list(model.sensors)}; cubes provide s2 (required) and s1")
+  try:
+    model.fill
+  except ValueError as e:
+    raise ModelError(f"{where}: autoencoders.*.fill: {e}") from None
   for s, ae in zip(model.sensors, model.autoencoders):
     if ae.channels != SUPPORTED[s]:
       raise ModelError(f"{where}: autoencoders.{s}.channels: {ae.channels}, but the cube has "
@@ -165,7 +172,8 @@ def full_forward(engine: Engine, merged: Merged, windows: Windows, w_q: np.ndarr
     arrays = {}
     for s in model.sensors:
       series, frames, gaps = _series(merged, windows, s)
-      filled, _ = preprocess.fill_patches(gather_patches(series, frames[w], rows_q[sl], cols_q[sl]))
+      filled, _ = preprocess.fill_patches(gather_patches(series, frames[w], rows_q[sl], cols_q[sl]),
+                                          model.fill)
       arrays[f"{s}_x"], arrays[f"{s}_gaps"] = filled, gaps[w]
     arrays["offsets"] = offsets_for(model, windows.delta_days[w])
     fn = lambda p, offsets, **a: engine.full_fn(
@@ -183,73 +191,101 @@ def naive_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: in
   out = np.full((len(windows), ty * tx, engine.model.bottleneck), np.nan, np.float32)
   out[w_q, p_q] = zf
   engine.calls["tiles"] = engine.calls.get("tiles", 0) + 1
-  return out.reshape(len(windows), ty, tx, -1)
+  return out.reshape(len(windows), ty, tx, engine.model.bottleneck)
+
+
+def _box(a_thwc: np.ndarray, ty: int, tx: int) -> np.ndarray:
+  """15x15 box sums (integral image) at the tile's patch centres -> (t, ty * tx, c)."""
+  ii = np.pad(np.cumsum(np.cumsum(a_thwc, axis=1), axis=2), ((0, 0), (1, 0), (1, 0), (0, 0)))
+  s = ii[:, PATCH_PX:, PATCH_PX:] - ii[:, :-PATCH_PX, PATCH_PX:] - ii[:, PATCH_PX:, :-PATCH_PX] \
+      + ii[:, :-PATCH_PX, :-PATCH_PX]
+  return s[:, :ty, :tx].reshape(len(a_thwc), ty * tx, -1)
+
+
+def _box_counts(series_thwc: np.ndarray, ty: int, tx: int) -> np.ndarray:
+  """Per date and tile pixel, the counts of valid elements of its 15x15 crop (t, p, c)."""
+  return _box((~np.isnan(series_thwc)).astype(np.int64), ty, tx)
 
 
 def _box_sums(series_thwc: np.ndarray, ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
   """Per date and tile pixel, the 15x15 sums of valid values and counts of valid elements (t, p, c)."""
   valid = ~np.isnan(series_thwc)
-  def box(a):
-    ii = np.pad(np.cumsum(np.cumsum(a, axis=1), axis=2), ((0, 0), (1, 0), (1, 0), (0, 0)))
-    s = ii[:, PATCH_PX:, PATCH_PX:] - ii[:, :-PATCH_PX, PATCH_PX:] - ii[:, PATCH_PX:, :-PATCH_PX] \
-        + ii[:, :-PATCH_PX, :-PATCH_PX]
-    return s[:, :ty, :tx].reshape(len(a), ty * tx, -1)
-  return box(np.where(valid, series_thwc, 0.0).astype(np.float64)), box(valid.astype(np.int64))
+  return _box(np.where(valid, series_thwc, 0.0).astype(np.float64), ty, tx), _box_counts(series_thwc, ty, tx)
+
+
+def _crop_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.ndarray, rows: np.ndarray,
+                   cols: np.ndarray, n_pix: int) -> np.ndarray:
+  """Conv-encoder features of the (date, pixel) crops `keys` (date * n_pix + pixel), each filled from
+  its own frame (a no-op for the clean crops of "window" fill), gathered a few batches at a time."""
+  step = engine.conv_batch * 8
+  out = []
+  for chunk in (keys[i:i + step] for i in range(0, len(keys), step)):
+    crops = gather_patches(series, (chunk // n_pix)[:, None], rows[chunk % n_pix], cols[chunk % n_pix])[:, 0]
+    crops, _ = preprocess.fill_patches(crops, "frame")   # (n, h, w, c): per-crop channel means
+    out.append(engine.run(engine.conv_fns[sensor], f"conv_{sensor}", engine.conv_batch, {"crops": crops}))
+  return np.concatenate(out)
 
 
 def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int) -> np.ndarray:
   model = engine.model
+  fill = model.fill
   rows, cols = _tile_pixels(ty, tx)
   w_q, p_q = np.nonzero(pixel_valid(merged, windows, rows, cols))
   out = np.full((len(windows), ty * tx, model.bottleneck), np.nan, np.float32)
   engine.calls["tiles"] = engine.calls.get("tiles", 0) + 1
   if len(w_q) == 0:
-    return out.reshape(len(windows), ty, tx, -1)
+    return out.reshape(len(windows), ty, tx, engine.model.bottleneck)
   n_pix = ty * tx
   prep = {}
   for s in model.sensors:
     series, frames, gaps = _series(merged, windows, s)
-    sums_tpc, counts_tpc = _box_sums(series, ty, tx)
-    clean_tp = counts_tpc.sum(axis=-1) == PATCH_PX * PATCH_PX * series.shape[-1]
     f_qk = frames[w_q]
     shown_qk = f_qk != HIDDEN
     safe_qk = np.where(shown_qk, f_qk, 0)
     p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
-    total_qc = (sums_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)
-    count_qc = (counts_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)
-    mean_qc = (total_qc / np.maximum(count_qc, 1)).astype(np.float32)
-    clean_qk = clean_tp[safe_qk, p_qk] & shown_qk
-    keys = np.unique(safe_qk[clean_qk] * n_pix + p_qk[clean_qk])
-    cache = None
-    if len(keys):   # every clean (date, pixel) crop once, gathered a few batches at a time
-      step = engine.conv_batch * 8
-      cache = np.concatenate([engine.run(engine.conv_fns[s], f"conv_{s}", engine.conv_batch, {"crops": gather_patches(
-          series, (chunk // n_pix)[:, None], rows[chunk % n_pix], cols[chunk % n_pix])[:, 0]})
-          for chunk in (keys[i:i + step] for i in range(0, len(keys), step))])
-    prep[s] = (series, f_qk, clean_qk, mean_qc, keys, cache, gaps[w_q])
+    hidden_feat = mean_qc = None
+    if fill == "frame":   # every crop is filled from itself: one feature per (date, pixel)
+      empty_tp = _box_counts(series, ty, tx).sum(axis=-1) == 0
+      cached_qk = shown_qk & ~empty_tp[safe_qk, p_qk]
+      if not cached_qk.all():   # hidden or fully clouded crops are all zeros after filling: one feature
+        zeros = np.zeros((1, PATCH_PX, PATCH_PX, series.shape[-1]), np.float32)
+        hidden_feat = engine.run(engine.conv_fns[s], f"conv_{s}", engine.conv_batch, {"crops": zeros})[0]
+    else:                 # "window": only crops without an invalid value are the same in every window
+      sums_tpc, counts_tpc = _box_sums(series, ty, tx)
+      clean_tp = counts_tpc.sum(axis=-1) == PATCH_PX * PATCH_PX * series.shape[-1]
+      total_qc = (sums_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)
+      count_qc = (counts_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)
+      mean_qc = (total_qc / np.maximum(count_qc, 1)).astype(np.float32)
+      cached_qk = clean_tp[safe_qk, p_qk] & shown_qk
+    keys = np.unique(safe_qk[cached_qk] * n_pix + p_qk[cached_qk])
+    cache = _crop_features(engine, s, series, keys, rows, cols, n_pix) if len(keys) else None
+    prep[s] = (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps[w_q])
   offsets_q = offsets_for(model, windows.delta_days[w_q])
   zf = []
-  group = engine.batch * 8   # windows whose dirty crops are encoded together (less padding per call)
+  group = engine.batch * 8   # windows whose per-window crops are encoded together (less padding per call)
   for start in range(0, len(w_q), group):
     sl = slice(start, start + group)
     arrays = {"offsets": offsets_q[sl]}
-    for s, (series, f_qk, clean_qk, mean_qc, keys, cache, gaps_q) in prep.items():
-      f, clean, p = f_qk[sl], clean_qk[sl], p_q[sl]
-      dirty_b, dirty_k = np.nonzero(~clean)
-      crops = gather_patches(series, f[dirty_b, dirty_k][:, None], rows[p[dirty_b]], cols[p[dirty_b]])[:, 0]
-      crops = np.where(np.isnan(crops), mean_qc[sl][dirty_b][:, None, None, :], crops)
-      feat_dirty = (engine.run(engine.conv_fns[s], f"conv_{s}", engine.conv_batch, {"crops": crops})
-                    if len(crops) else None)
-      shape = (cache if cache is not None else feat_dirty).shape[1:]
+    for s, (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps_q) in prep.items():
+      f, cached, p = f_qk[sl], cached_qk[sl], p_q[sl]
+      rest_b, rest_k = np.nonzero(~cached)
+      feat_rest = None
+      if hidden_feat is not None:      # "frame": the uncached crops are the empty (all-zero) ones
+        feat_rest = np.broadcast_to(hidden_feat, (len(rest_b),) + hidden_feat.shape)
+      elif len(rest_b):                # "window": crops with invalid values, filled with the window mean
+        crops = gather_patches(series, f[rest_b, rest_k][:, None], rows[p[rest_b]], cols[p[rest_b]])[:, 0]
+        crops = np.where(np.isnan(crops), mean_qc[sl][rest_b][:, None, None, :], crops)
+        feat_rest = engine.run(engine.conv_fns[s], f"conv_{s}", engine.conv_batch, {"crops": crops})
+      shape = (cache if cache is not None else feat_rest).shape[1:]
       feats = np.empty(f.shape + shape, np.float32)
-      if clean.any():
-        clean_b, clean_k = np.nonzero(clean)
-        feats[clean_b, clean_k] = cache[np.searchsorted(keys, f[clean_b, clean_k] * n_pix + p[clean_b])]
-      if feat_dirty is not None:
-        feats[dirty_b, dirty_k] = feat_dirty
+      if cached.any():
+        cached_b, cached_k = np.nonzero(cached)
+        feats[cached_b, cached_k] = cache[np.searchsorted(keys, f[cached_b, cached_k] * n_pix + p[cached_b])]
+      if feat_rest is not None:
+        feats[rest_b, rest_k] = feat_rest
       arrays[f"{s}_feats"], arrays[f"{s}_gaps"] = feats, gaps_q[sl]
     fn = lambda prm, offsets, **a: engine.tail_fn(
         prm, {s: a[f"{s}_feats"] for s in model.sensors}, {s: a[f"{s}_gaps"] for s in model.sensors}, offsets)
     zf.append(engine.run(fn, "tail", engine.batch, arrays))
   out[w_q, p_q] = np.concatenate(zf)
-  return out.reshape(len(windows), ty, tx, -1)
+  return out.reshape(len(windows), ty, tx, engine.model.bottleneck)

@@ -43,6 +43,11 @@ class FusionTask:
     ae_cfgs = {s: stage1_model_config(w) for s, w in self.workdirs.items()}
     model_cfg = dict(config.model.to_dict(), sensors=self.sensors, autoencoders=ae_cfgs)
     self.model = fusion_lib.fusion_from_config(model_cfg)
+    fills = {s: cfg.get("fill", "window") for s, cfg in ae_cfgs.items()}
+    if len(set(fills.values())) != 1:
+      raise ValueError("the stage-1 checkpoints were trained with different input fills (model.fill): "
+                       + ", ".join(f"{s}: {f!r} ({self.workdirs[s]})" for s, f in fills.items()))
+    self.fill = self.model.fill
     self.freeze = config.freeze_encoders
     self.reference_loss = config.loss.reference
     self.loss_weights = {s: dict(sensors.get(s).fusion_loss) for s in self.sensors}

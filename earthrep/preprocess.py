@@ -75,16 +75,27 @@ def nearest_s1_index(s2_time: np.ndarray, s1_time: np.ndarray) -> np.ndarray:
   return np.where(take_left, left, right).astype(np.int64)
 
 
-def fill_patches(x_nan_bthwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """NaN -> per-sample, per-channel mean of the valid values over (t, h, w); returns (filled, mask).
+FILL_MODES = ("window", "frame")
 
-  `mask = ~isnan` before filling. ±inf counts as valid, adds 0 to the sum and stays in place; a channel
-  without valid values is filled with 0. Works for any leading dims (..., t, h, w, c).
+
+def fill_patches(x_nan_bthwc: np.ndarray, mode: str = "window") -> tuple[np.ndarray, np.ndarray]:
+  """NaN -> a mean of the valid values of the same channel; returns (filled, mask).
+
+  `mode="window"` (the reference, section a): the per-sample, per-channel mean over (t, h, w), so the value
+  put into a cloudy frame depends on the other 10 frames of its window. `mode="frame"` (earthrep's default):
+  the per-frame, per-channel mean over (h, w) of that frame's crop alone, so a filled crop, and the
+  convolutional feature computed from it, is the same in every window holding the frame (the feature-cube
+  fast path reuses it; see `earthrep.embed_core`). `mask = ~isnan` before filling. ±inf counts as valid,
+  adds 0 to the sum and stays in place; a channel without valid values over the averaged axes is filled
+  with 0 (a hidden or fully clouded frame is all zeros under "frame"). Works for any leading dims
+  (..., t, h, w, c).
   """
+  if mode not in FILL_MODES:
+    raise ValueError(f"fill mode {mode!r}: expected one of {FILL_MODES}")
   x_nan_bthwc = np.asarray(x_nan_bthwc)
   mask_bthwc = ~np.isnan(x_nan_bthwc)
   summable = np.where(np.isfinite(x_nan_bthwc), x_nan_bthwc, 0).astype(np.float64)
-  axes = (-4, -3, -2)
+  axes = (-4, -3, -2) if mode == "window" else (-3, -2)
   mean_b111c = summable.sum(axis=axes, keepdims=True) / np.maximum(mask_bthwc.sum(axis=axes, keepdims=True), 1)
   filled = np.where(mask_bthwc, x_nan_bthwc, mean_b111c.astype(x_nan_bthwc.dtype))
   return filled, mask_bthwc

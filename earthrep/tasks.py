@@ -45,6 +45,7 @@ class AutoencoderTask:
     self.loss_kwargs = dict(config.loss)
     self.channels = config.model.channels
     self._model_cfg = config.model.to_dict()
+    self.fill = self.model.fill
 
   def model_config(self) -> dict[str, Any]:
     return {"kind": "autoencoder", "sensor": self.sensor, "model": self._model_cfg}

@@ -66,7 +66,7 @@ def _host_slice(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def evaluate(task, eval_step, params, config, mesh) -> dict[str, float]:
   sums: dict[str, float] = {}
   for batch in data_lib.eval_batches(config.data_dir, config.get("eval_split", "validation"),
-                                     config.eval_batch_size, **task_data_kwargs(config)):
+                                     config.eval_batch_size, **task_data_kwargs(config, task)):
     out = jax.device_get(eval_step(params, parallel.host_batch_to_global(_host_slice(batch), mesh)))
     for k, v in out.items():
       sums[k] = sums.get(k, 0.0) + float(v)
@@ -76,8 +76,9 @@ def evaluate(task, eval_step, params, config, mesh) -> dict[str, float]:
   return {k: v / count for k, v in sums.items()}
 
 
-def task_data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  return dict(config.get("data_kwargs", {}))
+def task_data_kwargs(config: ml_collections.ConfigDict, task) -> dict[str, Any]:
+  """Loader options: `config.data_kwargs` plus the NaN fill the task's model was built for."""
+  return dict(config.get("data_kwargs", {})) | {"fill": task.fill}
 
 
 def _check_finite(metrics: dict[str, Any], step: int) -> dict[str, float]:
@@ -126,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   ckpt_every = config.checkpoint_every_steps or eval_every
   loader = data_lib.make_loader(config.data_dir, "train", global_batch_size=config.batch_size,
                                 seed=config.seed, shuffle=True, worker_count=config.worker_count,
-                                **task_data_kwargs(config))
+                                **task_data_kwargs(config, task))
   data_iter = iter(loader)
   # Params are initialised from an RBG key: XLA compiles its generator several times faster than
   # threefry on CPU (seconds per model instead of ~20-40 s). Dropout keeps threefry, which gives the

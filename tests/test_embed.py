@@ -36,6 +36,11 @@ def engine(tiny):
 
 
 @pytest.fixture(scope="module")
+def window_engine():   # the reference's input fill: crops with clouds are re-encoded per window
+  return embed_core.Engine(*random_fusion(TINY, fill="window"), batch=64)
+
+
+@pytest.fixture(scope="module")
 def local_run(paths):
   model_dir, cube, root = paths
   out = embed.embed_cube(str(model_dir), str(cube), str(root / "local.zarr"), tile=2, batch=64,
@@ -48,8 +53,11 @@ def _merged():
   return W.merge(make_site_cube(0, size=SIZE, days=DAYS))
 
 
-@pytest.mark.parametrize("mode", ["clear", "daily"])
-def test_fast_equals_naive(engine, mode):
+@pytest.mark.parametrize("mode,fill", [("clear", "frame"), ("daily", "frame"), ("clear", "window"),
+                                       ("daily", "window")])
+def test_fast_equals_naive(engine, window_engine, mode, fill):
+  engine = engine if fill == "frame" else window_engine
+  assert engine.model.fill == fill
   merged = _merged()
   if mode == "clear":
     win, local = W.clear_windows(merged), merged
@@ -160,6 +168,11 @@ def test_bad_inputs(paths, tmp_path, local_run):
   bad = save_fusion_dir(*random_fusion(TINY, s2_channels=4), tmp_path / "bad_model")
   with pytest.raises(embed_core.ModelError, match="s2.channels"):
     embed.embed_cube(str(bad), str(cube), str(tmp_path / "b.zarr"))
+  # autoencoders trained with different input fills
+  model, params = random_fusion(TINY)
+  mixed = model.clone(autoencoders=(model.autoencoders[0].clone(fill="window"), model.autoencoders[1]))
+  with pytest.raises(embed_core.ModelError, match="different input fills"):
+    embed.embed_cube(str(save_fusion_dir(mixed, params, tmp_path / "mixed")), str(cube), str(tmp_path / "c.zarr"))
   # a model fusing S1 on a cube without S1
   no_s1 = make_site_cube(0, size=SIZE, days=DAYS)
   no_s1.s1_gamma0, no_s1.s1_time = no_s1.s1_gamma0[:0], no_s1.s1_time[:0]

@@ -82,6 +82,18 @@ def test_stage1_checkpoint_that_does_not_fit_lists_the_keys(stage1_workdirs, tin
     train.train_and_evaluate(config, tmp_path / "fusion")
 
 
+def test_stage1_checkpoints_with_different_input_fills_are_refused(stage1_workdirs, tiny_shards, tmp_path):
+  other = tmp_path / "s1_window_fill"
+  shutil.copytree(stage1_workdirs["s1"], other)
+  cfg = json.loads((other / "model_config.json").read_text())
+  assert cfg["model"]["fill"] == "frame"       # the default of the stage-1 configs
+  cfg["model"]["fill"] = "window"
+  (other / "model_config.json").write_text(json.dumps(cfg))
+  config = _fusion_config({"s1": other, "s2": stage1_workdirs["s2"]}, tiny_shards("fused"))
+  with pytest.raises(ValueError, match=r"different input fills.*s1: 'window'.*s2: 'frame'"):
+    train.train_and_evaluate(config, tmp_path / "fusion")
+
+
 def test_missing_stage1_workdir_is_named(tiny_shards, tmp_path):
   config = configs.fusion_config("test")
   config.update(data_dir=str(tiny_shards("fused")), s1_workdir="")

@@ -186,6 +186,25 @@ def test_hide_centre(fused_dir):
   assert 0.2 < h.mean() < 0.8 and (h == hidden(4)).all()
 
 
+def test_frame_fill_hides_the_centre_as_zeros(fused_dir):
+  raw = raw_records(fused_dir, "train")
+  batch = next(iter(data.make_loader(fused_dir, "train", global_batch_size=8, seed=0, hide_centre_prob=1.0,
+                                     fill="frame")))
+  stacked = np.stack([raw[k][2]["s2"] for k in batch_keys(batch)])
+  c = schema.CENTRE_FRAME
+  np.testing.assert_array_equal(batch["s2_x"][:, c], 0.0)
+  target, _ = preprocess.fill_patches(stacked, "frame")
+  np.testing.assert_array_equal(batch["s2_target"], target)
+  np.testing.assert_array_equal(np.delete(batch["s2_x"], c, axis=1), np.delete(target, c, axis=1))
+  evaluated = next(iter(data.eval_batches(fused_dir, "validation", 8, fill="frame")))
+  stacked = np.stack([r[2]["s2"] for r in sorted(raw_records(fused_dir, "validation").values(),
+                                                 key=lambda r: r[:2])[:8]])
+  np.testing.assert_array_equal(evaluated["s2_x"][evaluated["weight"] == 1],
+                                preprocess.fill_patches(stacked, "frame")[0][:int(evaluated["weight"].sum())])
+  with pytest.raises(ValueError, match="fill 'mean'"):
+    data.make_loader(fused_dir, "train", global_batch_size=8, seed=0, fill="mean")
+
+
 def test_eval_batches_cover_every_record_once(fused_dir):
   raw = raw_records(fused_dir, "validation")
   in_file_order = sorted(raw, key=lambda k: raw[k][:2])

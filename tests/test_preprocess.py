@@ -105,6 +105,28 @@ def test_fill_patches_is_per_sample_for_any_leading_dims():
   np.testing.assert_array_equal(mask, ~np.isnan(x))
 
 
+def test_frame_fill_uses_each_frame_alone():
+  rng = np.random.default_rng(2)
+  x = rng.uniform(size=(3, 11, 5, 5, 4)).astype(np.float32)
+  x[rng.random(x.shape) < 0.3] = NAN
+  x[0, 5] = NAN                       # a hidden / fully clouded frame
+  x[1, 2, ..., 1] = NAN               # one channel without any valid value in that frame
+  filled, mask = preprocess.fill_patches(x, "frame")
+  np.testing.assert_array_equal(mask, ~np.isnan(x))
+  for b, t, c in np.ndindex(3, 11, 4):
+    frame = x[b, t, ..., c]
+    expected = np.nanmean(frame) if np.isfinite(frame).any() else 0.0
+    np.testing.assert_allclose(filled[b, t, ..., c][np.isnan(frame)], expected, rtol=1e-6)
+  np.testing.assert_array_equal(filled[0, 5], 0.0)
+  # Changing another frame of the window leaves a frame's filled values unchanged ("window" does not).
+  changed = x.copy()
+  changed[:, 0] = 1.0
+  np.testing.assert_array_equal(preprocess.fill_patches(changed, "frame")[0][:, 1:], filled[:, 1:])
+  assert not np.array_equal(preprocess.fill_patches(changed)[0][:, 1:], preprocess.fill_patches(x)[0][:, 1:])
+  with pytest.raises(ValueError, match="fill mode 'pixel'"):
+    preprocess.fill_patches(x, "pixel")
+
+
 @pytest.mark.parametrize("name", ["s1_ae", "s2_ae", "fusion"])
 def test_fill_patches_matches_reference_vectors(name):
   path = VECTORS / f"{name}.npz"

@@ -2,11 +2,13 @@
 
 Per record: decode (`RecordSpec`), optionally mark the centre frame of `hide_sensor` as hidden
 (a `RandomMapTransform`: its draw comes from the sampler's per-position Philox stream, so it is fixed by
-`seed` and the position in the sampled stream and changes from epoch to epoch); per batch: fill NaNs with
-the per-sample, per-channel mean (`preprocess.fill_patches`), compute masks and time gaps. A batch is a
+`seed` and the position in the sampled stream and changes from epoch to epoch); per batch: fill NaNs
+(`preprocess.fill_patches` with `fill`: "window" = the reference's per-sample, per-channel mean, "frame" =
+the per-frame mean the models' `fill` field selects by default), compute masks and time gaps. A batch is a
 dict of numpy arrays, for each sensor present (`s2`, `s1`; fused data has both):
   `{s}_x` float32 (b, 11, 15, 15, c)   filled input; a hidden centre frame is NaN before filling, so it
-                                       carries the mean of the other frames and is False in `{s}_mask`
+                                       carries the mean of the other frames ("window") or zeros
+                                       ("frame") and is False in `{s}_mask`
   `{s}_mask` bool (b, 11, 15, 15, c)   valid input values
   `{s}_target`, `{s}_target_mask`      the same without hiding (always present; equal to x/mask when
                                        nothing is hidden), what the loss compares against
@@ -68,17 +70,18 @@ class HideCentre(grain.RandomMapTransform):
     return element | {f"{self.sensor}_hidden": np.bool_(rng.random() < self.prob)}
 
 
-def finalize_batch(batch: dict[str, np.ndarray], sensors: tuple[str, ...]) -> dict[str, np.ndarray]:
+def finalize_batch(batch: dict[str, np.ndarray], sensors: tuple[str, ...], fill: str = "window"
+                   ) -> dict[str, np.ndarray]:
   """Stacked raw records -> model batch (see the module docstring for the keys)."""
   out: dict[str, np.ndarray] = {}
   for s in sensors:
     raw = batch[s]
-    target, target_mask = preprocess.fill_patches(raw)
+    target, target_mask = preprocess.fill_patches(raw, fill)
     hidden = np.asarray(batch.get(f"{s}_hidden", np.zeros(len(raw), bool)), bool)
     if hidden.any():
       masked = np.array(raw)
       masked[hidden, schema.CENTRE_FRAME] = np.nan
-      x, mask = preprocess.fill_patches(masked)
+      x, mask = preprocess.fill_patches(masked, fill)
     else:
       x, mask = target, target_mask
     days = np.asarray(batch[f"{s}_days"], np.int32)
@@ -95,11 +98,11 @@ def finalize_batch(batch: dict[str, np.ndarray], sensors: tuple[str, ...]) -> di
 
 class FinalizeBatch(grain.MapTransform):
 
-  def __init__(self, sensors: tuple[str, ...]):
-    self.sensors = sensors
+  def __init__(self, sensors: tuple[str, ...], fill: str):
+    self.sensors, self.fill = sensors, fill
 
   def map(self, element: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return finalize_batch(element, self.sensors)
+    return finalize_batch(element, self.sensors, self.fill)
 
 
 def _check_hide(shards: ShardSet, hide_centre_prob: float, hide_sensor: str) -> None:
@@ -110,11 +113,16 @@ def _check_hide(shards: ShardSet, hide_centre_prob: float, hide_sensor: str) -> 
                      f"(sensors {shards.sensors})")
 
 
+def _check_fill(fill: str) -> None:
+  if fill not in preprocess.FILL_MODES:
+    raise ValueError(f"fill {fill!r}: expected one of {preprocess.FILL_MODES}")
+
+
 def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, seed: int,
                 shuffle: bool = True, num_epochs: int | None = None, worker_count: int = 0,
                 worker_buffer_size: int = 2, drop_remainder: bool = True, shard_index: int | None = None,
                 shard_count: int | None = None, hide_centre_prob: float = 0.0, hide_sensor: str = "s2",
-                read_options: grain.ReadOptions | None = None) -> grain.DataLoader:
+                read_options: grain.ReadOptions | None = None, fill: str = "window") -> grain.DataLoader:
   """Grain loader of `split`: seeded global shuffle, repeats forever when `num_epochs` is None.
 
   Each of `shard_count` hosts (default: JAX processes) reads a disjoint 1/shard_count of the records
@@ -122,6 +130,7 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
   """
   shards = open_shards(data_dir, split)
   _check_hide(shards, hide_centre_prob, hide_sensor)
+  _check_fill(fill)
   if shard_index is None or shard_count is None:
     import jax
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -145,19 +154,21 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
   if hide_centre_prob > 0:
     operations.append(HideCentre(hide_centre_prob, hide_sensor))
   operations += [grain.Batch(batch_size=per_host, drop_remainder=drop_remainder),
-                 FinalizeBatch(shards.sensors)]
+                 FinalizeBatch(shards.sensors, fill)]
   return grain.DataLoader(data_source=source, sampler=sampler, operations=operations,
                           worker_count=worker_count, worker_buffer_size=worker_buffer_size,
                           shard_options=shard_options, read_options=read_options or DEFAULT_READ_OPTIONS)
 
 
 def eval_batches(data_dir: str | Path, split: str, batch_size: int, *, hide_centre_prob: float = 0.0,
-                 hide_sensor: str = "s2", seed: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                 hide_sensor: str = "s2", seed: int = 0, fill: str = "window"
+                 ) -> Iterator[dict[str, np.ndarray]]:
   """Every record of `split` exactly once, in file order, in batches of `batch_size` (the last one
   padded with copies of its last record, `weight` 0). Hiding, if asked, is drawn from
   Philox(seed + record index), so it is the same on every call and every host."""
   shards = open_shards(data_dir, split)
   _check_hide(shards, hide_centre_prob, hide_sensor)
+  _check_fill(fill)
   if batch_size <= 0:
     raise ValueError(f"batch_size {batch_size} must be positive")
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])
@@ -172,6 +183,6 @@ def eval_batches(data_dir: str | Path, split: str, batch_size: int, *, hide_cent
     if hide_centre_prob > 0:
       draws = [np.random.Generator(np.random.Philox(key=seed + k)).random() for k in keys]
       batch[f"{hide_sensor}_hidden"] = np.array(draws + [1.0] * (batch_size - n_real)) < hide_centre_prob
-    out = finalize_batch(batch, sensors)
+    out = finalize_batch(batch, sensors, fill)
     out["weight"] = (np.arange(batch_size) < n_real).astype(np.float32)
     yield out

@@ -8,7 +8,8 @@ reduce 11 x d_model to `reduced_tokens` x `token_dim` and then to the `bottlenec
 decoder mirrors this; the transformer and the time table are one instance shared by encoder and decoder.
 With `reference_batch_mixing=True` the encoder transformer attends across the samples of the batch (frames
 act as the batch), which reproduces the reference (to float32 rounding) but makes z depend on the other
-samples; the default attends over the 11 frames of each sample. Dropout uses the `'dropout'` RNG stream. Intermediates are sown into `'intermediates'`.
+samples; the default attends over the 11 frames of each sample. `fill` records how the inputs are
+NaN-filled ("window" as the reference, "frame" the earthrep default; `preprocess.fill_patches`). Dropout uses the `'dropout'` RNG stream. Intermediates are sown into `'intermediates'`.
 
 Dimension letters: B batch, T frames (11), G = T - 1 time gaps, H/W rows/columns, C channels, N = B*T
 folded images, D d_model, F token_dim, R reduced tokens, Z bottleneck.
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from earthrep.models import blocks
+from earthrep.preprocess import FILL_MODES
 from earthrep.schema import AE_MAX_POSITION, PATCH_FRAMES, PATCH_PX
 
 TOKEN_PX = 4   # 15 -> 7 (conv1) -> 4 (conv2)
@@ -91,6 +93,9 @@ class TransformerAE(nn.Module):
   dec_dropout: float = 0.1
   transformer_dropout: float = 0.25
   reference_batch_mixing: bool = False
+  # How NaNs in the input were filled when this model was trained (`preprocess.fill_patches` mode): part of
+  # the model's input contract, read by the loaders and the embedders; not used by the forward pass.
+  fill: str = "window"
 
   def setup(self):
     if self.d_model % (TOKEN_PX * TOKEN_PX):
@@ -167,6 +172,8 @@ def ae_from_config(cfg: Mapping[str, Any]) -> TransformerAE:
   kwargs = {k: cfg[k] for k in AE_FIELDS if k in cfg}
   if "widths" in kwargs:
     kwargs["widths"] = tuple(int(v) for v in kwargs["widths"])
+  if kwargs.get("fill", "window") not in FILL_MODES:
+    raise ValueError(f"TransformerAE config field fill={kwargs['fill']!r}: expected one of {FILL_MODES}")
   return TransformerAE(**kwargs)
 
 

@@ -54,6 +54,15 @@ class FusionModel(nn.Module):
     self.norm_out = blocks.layer_norm("norm_out")
     self.bottleneck_reducer = nn.Dense(self.bottleneck)
 
+  @property
+  def fill(self) -> str:
+    """The input fill mode of the autoencoders (`preprocess.fill_patches`); they must agree."""
+    modes = {ae.fill for ae in self.autoencoders}
+    if len(modes) != 1:
+      raise ValueError(f"the autoencoders of {self.sensors} were trained with different input fills "
+                       f"{[ae.fill for ae in self.autoencoders]}; retrain one so they agree")
+    return modes.pop()
+
   def sensor_param_path(self, sensor: str) -> tuple[str, ...]:
     """Path of `sensor`'s TransformerAE params inside the fusion params tree (below 'params')."""
     if sensor not in self.sensors:
