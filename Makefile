@@ -28,8 +28,14 @@ test: $(STAMP)
 $(DEMO)/sites.csv: | $(STAMP)
 	$(BIN)/python -m data_prep.demo_world --out $(DEMO) --seed $(SEED)
 
+# The demo has 6 cubes: its patches are cut at denser strides than the reference's (9 px / 17 dates for
+# S2, 15 px / 40 acquisitions for S1) so that stage 1 sees a few thousand of them.
+SHARD_ARGS ?= --spatial-stride 5 --time-stride 10
+S1_SHARD_ARGS ?= --spatial-stride 5 --time-stride 20
+
 $(DEMO)/shards/%/metadata.json: $(DEMO)/sites.csv
-	$(BIN)/python -m data_prep.build_shards --cubes $(DEMO)/cubes --out $(DEMO)/shards/$* --modality $*
+	$(BIN)/python -m data_prep.build_shards --cubes $(DEMO)/cubes --out $(DEMO)/shards/$* --modality $* \
+	    $(if $(filter s1,$*),$(S1_SHARD_ARGS),$(SHARD_ARGS))
 
 demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $(DEMO)/shards/fused/metadata.json
 	$(BIN)/python -m earthrep.train --config experiments/s1_ae.py:runlocal --workdir $(RUNS)/s1_ae \
@@ -38,7 +44,12 @@ demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $
 	    --config.data_dir=$(DEMO)/shards/s2
 	$(BIN)/python -m earthrep.train --config experiments/fusion.py:runlocal --workdir $(RUNS)/fusion \
 	    --config.s1_workdir=$(RUNS)/s1_ae --config.s2_workdir=$(RUNS)/s2_ae --config.data_dir=$(DEMO)/shards/fused
-	@echo "demo: stage-1 autoencoders and the fusion model trained; workdirs under $(RUNS)"
+	for cube in $(DEMO)/cubes/*/; do site=$$(basename $$cube); \
+	  $(BIN)/python -m earthrep.embed --model $(RUNS)/fusion --cube $$cube \
+	      --out $(DEMO)/features/fused/$$site.zarr --quicklook auto --resume || exit 1; done
+	$(BIN)/python -m earthrep.gpp --model $(RUNS)/fusion --cubes $(DEMO)/cubes --flux $(DEMO)/flux \
+	    --feature-cubes $(DEMO)/features --out $(DEMO)/gpp
+	@echo "demo: models in $(RUNS), feature cubes and quick-looks in $(DEMO)/features/fused, GPP report $(DEMO)/gpp/report.md"
 
 clean-demo:
 	rm -rf $(DEMO)

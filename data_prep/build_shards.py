@@ -145,11 +145,21 @@ def cut(series_thwc: np.ndarray, frames_bt: np.ndarray, y0_b: np.ndarray, x0_b: 
   return series_thwc[frames_bt[:, :, None, None], yy, xx]
 
 
-def cube_records(cube: schema.SiteCube, modality: str, cube_index: int, seed: int,
-                 delta_rule: str = "calendar", stats: dict[str, int] | None = None
-                 ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields the records (dicts of `RecordSpec(modality)` fields, NaN = invalid) of one cube."""
+def sampling_for(modality: str, spatial_stride: int | None = None, time_stride: int | None = None) -> Sampling:
+  """The reference sampling of `modality`, with optional denser (or sparser) strides."""
   sampling = SAMPLING[modality]
+  for name, value in (("spatial_stride", spatial_stride), ("time_stride", time_stride)):
+    if value is not None and value < 1:
+      raise ValueError(f"{name} {value}: expected a positive number of pixels / dates")
+  return dataclasses.replace(sampling, spatial_stride=spatial_stride or sampling.spatial_stride,
+                             time_stride=time_stride or sampling.time_stride)
+
+
+def cube_records(cube: schema.SiteCube, modality: str, cube_index: int, seed: int,
+                 delta_rule: str = "calendar", stats: dict[str, int] | None = None,
+                 sampling: Sampling | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Yields the records (dicts of `RecordSpec(modality)` fields, NaN = invalid) of one cube."""
+  sampling = sampling or SAMPLING[modality]
   stats = {} if stats is None else stats
   rng = np.random.default_rng(np.random.SeedSequence([seed, cube_index]))
   s1_idx = s1_in_range(cube, sampling.s1_margin_days)
@@ -281,15 +291,19 @@ def _scaling() -> dict[str, str]:
 
 def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int = 42,
                  split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-                 records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, delta_rule: str = "calendar"
-                 ) -> dict[str, Any]:
-  """Builds the shard directory `out` from the site cubes under `cubes`; returns the metadata."""
+                 records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, delta_rule: str = "calendar",
+                 spatial_stride: int | None = None, time_stride: int | None = None) -> dict[str, Any]:
+  """Builds the shard directory `out` from the site cubes under `cubes`; returns the metadata.
+
+  `spatial_stride` / `time_stride` override the reference's crop and window strides (None keeps them;
+  the demo samples its few cubes more densely)."""
   if modality not in schema.MODALITIES:
     raise ValueError(f"modality {modality!r}: expected one of {schema.MODALITIES}")
   if delta_rule not in preprocess.DELTA_DAYS_RULES:
     raise ValueError(f"delta rule {delta_rule!r}: expected one of {preprocess.DELTA_DAYS_RULES}")
   if records_per_shard < 1:
     raise ValueError("records_per_shard must be >= 1")
+  sampling = sampling_for(modality, spatial_stride, time_stride)
   paths = cube_lib.find_cubes(cubes)
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -307,7 +321,7 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
         raise BuildError(f"cannot read cube {path}: {e}") from e
       stats: dict[str, int] = {}
       n = 0
-      for record in cube_records(cube, modality, index, seed, delta_rule, stats):
+      for record in cube_records(cube, modality, index, seed, delta_rule, stats, sampling):
         writers[split_of[index]].write(spec.encode(record))
         n += 1
       cube_id = path.parent.name if path.suffix == ".zarr" else path.name
@@ -322,7 +336,7 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
       del cube
     if not any(row["num_records"] for row in cube_rows):
       raise BuildError(f"no cube under {cubes} yields a valid {modality} patch (too few clear dates, "
-                       f"S1 acquisitions or pixels for the sampling {dataclasses.asdict(SAMPLING[modality])})")
+                       f"S1 acquisitions or pixels for the sampling {dataclasses.asdict(sampling)})")
     files = {s: w.close(out) for s, w in writers.items()}
   except BaseException:
     for w in writers.values():
@@ -346,7 +360,7 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
       "splits": splits,
       "counts": {s: splits[s]["num_records"] for s in SPLITS},
       "cubes": cube_rows,
-      "sampling": dataclasses.asdict(SAMPLING[modality]) | {
+      "sampling": dataclasses.asdict(sampling) | {
           "rng": "numpy default_rng(SeedSequence([seed, cube_index])); 11-of-window subsets drawn for every "
                  "candidate in (t, y, x) order before filtering",
           "s2_modality": "same sampling (and draws) as fused" if modality == "s2" else None},
@@ -407,6 +421,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="train,validation,test fractions of the cubes, normalised (default 0.75,1/6,1/12: "
                            "the reference's 375/83/42 of 500)")
   parser.add_argument("--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+  parser.add_argument("--spatial-stride", type=int, default=None,
+                      help="crop stride in pixels (default: the reference's, 9 for s2/fused, 15 for s1)")
+  parser.add_argument("--time-stride", type=int, default=None,
+                      help="window stride in dates (default: the reference's, 17 for s2/fused, 40 for s1)")
   parser.add_argument("--delta-rule", choices=preprocess.DELTA_DAYS_RULES, default="calendar",
                       help="fused delta_days: calendar days (inference rule) or the reference's training "
                            "rule (floored nanosecond difference)")
@@ -416,7 +434,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                else [float(x) for x in args.split_fractions.split(",") if x.strip()])
   try:
     meta = build_shards(args.cubes, args.out, args.modality, seed=args.seed, split_fractions=fractions,
-                        records_per_shard=args.records_per_shard, delta_rule=args.delta_rule)
+                        records_per_shard=args.records_per_shard, delta_rule=args.delta_rule,
+                        spatial_stride=args.spatial_stride, time_stride=args.time_stride)
   except (BuildError, cube_lib.CubeError, ValueError) as e:
     sys.exit(f"build_shards: error: {e}")
   print(f"{args.out}: {args.modality} records " +

@@ -49,7 +49,10 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
   c.sensor = sensor
   c.data_dir = f"demo/shards/{sensor}"
   c.model = ml_collections.ConfigDict(dict(
-      **sensors.get(sensor).stage1, **WIDTHS[variant], max_position=200, reference_batch_mixing=False))
+      **sensors.get(sensor).stage1, **WIDTHS[variant], max_position=200, reference_batch_mixing=False,
+      # NaN fill of the inputs: "frame" (default) fills a crop from its own frame, so the feature-cube fast
+      # path can reuse every crop's feature; "window" is the reference's window mean (preprocess.fill_patches).
+      fill="frame"))
   # Stage-1 objective of the released code: MAE only (section d); default mode fixes the centre metric.
   c.loss = ml_collections.ConfigDict(dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0,
                                           center_mae=1.0, reference=False))
@@ -68,6 +71,10 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
   c.async_checkpointing = True
   c.eval_at_start = True     # validation at step 0 gives the baseline the demo compares against
   if variant == "runlocal":
+    # Lighter regularisation than the reference's (0.07 / 0.1 / 0.25): with it the narrow model learns
+    # little beyond the per-band mean in a short schedule (a fixed batch of 32 demo patches after 100
+    # steps: centre MAE 0.039 with the reference dropout, 0.020 without; per-band mean 0.037).
+    c.model.update(enc_dropout=0.0, dec_dropout=0.0, transformer_dropout=0.05)
     c.batch_size = 32
     c.total_steps = 400
     c.eval_every_steps = 100

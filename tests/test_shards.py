@@ -212,6 +212,17 @@ def test_build_is_deterministic_given_seed(built, world, tmp_path):
   assert key(sum(first.values(), [])) != key(sum(other.values(), []))
 
 
+def test_denser_strides_cut_more_patches_and_are_recorded(built, world, tmp_path):
+  dense = bs.build_shards(world, tmp_path / "dense", "s2", records_per_shard=64, spatial_stride=5,
+                          time_stride=10)
+  reference = json.loads((built("s2") / schema.SHARD_METADATA).read_text())
+  assert reference["sampling"]["spatial_stride"] == 9 and reference["sampling"]["time_stride"] == 17
+  assert dense["sampling"]["spatial_stride"] == 5 and dense["sampling"]["time_stride"] == 10
+  assert sum(dense["counts"].values()) > 2 * sum(reference["counts"].values())
+  with pytest.raises(ValueError, match="spatial_stride 0"):
+    bs.sampling_for("s2", spatial_stride=0)
+
+
 def test_reference_training_delta_rule(built):
   calendar, training = all_records(built("fused")), all_records(built("fused", delta_rule="reference_training"))
   # S1 at 05:10, S2 at 10:30 UTC: |floor((S1 - S2) / day)| is the calendar difference + 1 when S1 is on
