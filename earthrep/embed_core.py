@@ -96,6 +96,7 @@ class Engine:
   params: Any
   batch: int
   mesh: Any = None
+  conv_batch: int = 0   # crops per conv-encoder call; 0: 128 per device on CPU, 4 x batch elsewhere
   calls: dict = dataclasses.field(default_factory=dict)   # function name -> calls (and "tiles")
 
   def __post_init__(self):
@@ -103,7 +104,10 @@ class Engine:
     self.mesh = self.mesh or parallel.make_mesh()
     n_dev = self.mesh.devices.size
     self.batch = max(n_dev, self.batch - self.batch % n_dev)
-    self.conv_batch = self.batch * 4
+    if not self.conv_batch:   # CPU: 128 crops keep the activations in cache (~20 % faster per crop than 256)
+      cpu = self.mesh.devices.flat[0].platform == "cpu"
+      self.conv_batch = 128 * n_dev if cpu else self.batch * 4
+    self.conv_batch = max(n_dev, self.conv_batch - self.conv_batch % n_dev)
     self.params = parallel.replicate(self.params, self.mesh)
     model = self.model
     self.full_fn = jax.jit(lambda p, inputs, offsets: _full(model, p, inputs, offsets))

@@ -107,6 +107,8 @@ def test_geotiffs_and_quicklook(local_run):
     assert src.transform.c == gt[0] and src.transform.f == gt[3]
     np.testing.assert_array_equal(src.read(), ds["features"].isel(time=0).values)
   assert (out.parent / f"{out.name}.2019-04-01.png").stat().st_size > 1000
+  counts = np.isfinite(ds["features"].isel(feature=0).values).sum(axis=(1, 2))   # --quicklook auto
+  assert np.datetime64(embed.best_date(out)) == ds["time"].values[np.argmax(counts)].astype("datetime64[D]")
 
 
 def test_resume_skips_finished_tiles_and_gives_the_same_store(local_run, paths, monkeypatch):
