@@ -1,6 +1,7 @@
 """Feature-cube speed: naive (full forward per window) vs fast (shared conv features, no decoders).
 
-  python -m benchmarks.embed_speed [--full] [--sizes 18x150,22x240,26x365] [--clear-sky 18x150] [--batch 64]
+  python -m benchmarks.embed_speed [--full] [--sizes 18x150,22x240,26x365,18x150:daily,22x240:daily]
+      [--clear-sky 18x150] [--fill frame|window] [--batch 64]
 
 Runs both paths side by side on the same demo cubes (`data_prep.demo_world.make_site_cube`, size x days)
 with a random-weight fusion model (default: the `runlocal` widths, AE widths (32,32,32), d_model 64,
@@ -9,15 +10,22 @@ of each path, the speed-up, the achieved FLOP/s of the compiled functions (XLA c
 against a measured matmul ceiling, and the peak RSS. Both paths are timed after a warm-up tile (compiles).
 `random_fusion` / `save_fusion_dir` also serve the tests (a model directory without training).
 
-Measured (2-core CPU, runlocal model, batch 64, 2026-11-21; max |naive - fast| = 0 on every row):
-| cube                   | dates | pixel-dates | naive px-d/s | fast px-d/s | speed-up | naive / fast GFLOP/s (of 141) |
-| 18x18px 150d           |  5    |   67        | 34           | 109         | 3.2x     | 52.8 / 50.6                   |
-| 22x22px 240d           | 15    |  603        | 72           | 162         | 2.2x     | 62.8 / 45.3                   |
-| 26x26px 365d           | 26    | 2096        | 74           | 136         | 1.8x     | 61.0 / 42.1                   |
-| 18x18px 150d clear-sky | 20    |  320        | 59           | 634         | 10.8x    | 48.1 / 50.2                   |
-On the cloudy demo cubes ~64 % of the S2 (pixel, frame) crops hold an invalid value; each of those is filled
-with its window's own mean and so must be encoded once per window (exactness), which bounds the gain; with
-every crop clear the conv features are shared by all 11 windows of a date and the decoders are skipped.
+Measured (2-core CPU, runlocal model with the default per-frame fill, batch 64, 2026-11-22; matmul ceiling
+188 GFLOP/s; max |naive - fast| = 0 on every row; peak RSS 1.0 GB):
+| cube                       | windows | pixel-dates | naive px-d/s | fast px-d/s | speed-up | naive / fast GFLOP/s |
+| 18x18px 150d clear         |   5     |    67       | 38           |  186        |  4.9x    | 59.2 / 43.5          |
+| 22x22px 240d clear         |  15     |   603       | 66           |  313        |  4.8x    | 56.9 / 44.0          |
+| 26x26px 365d clear         |  26     |  2096       | 71           |  305        |  4.3x    | 58.1 / 45.0          |
+| 18x18px 150d daily         |  64     |  1024       | 67           | 1575        | 23.4x    | 55.0 / 41.3          |
+| 22x22px 240d daily         | 164     | 10496       | 69           | 2706        | 39.3x    | 56.3 / 37.5          |
+| 18x18px 150d clear-sky     |  20     |   320       | 80           |  581        |  7.2x    | 65.7 / 46.1          |
+Where the time goes (26x26px 365d clear, 12x12 tile): the fast path spends 90 % in the conv encoders, on
+88 crops per pixel (47 S1, 41 S2 after the empty ones) for 14.6 windows per pixel; the naive path runs
+22 encoder crops per window and the decoders cost it only ~20 % more. Exactness bounds the clear-date gain:
+a pixel clear on a fraction c of the D merged S2 dates has c*D windows but needs ~2*D crops (every date is
+context of some window), so the speed-up is about 11*c (4-5x at the demo's c of 0.4), while daily windows
+share the same ~2*D crops among all days (23-39x here). With the reference's window fill (previous
+version) the clear rows were 1.8-3.2x, because every crop with a cloud was re-encoded per window.
 """
 from __future__ import annotations
 
