@@ -55,6 +55,7 @@ def test_npz_round_trip_equals_direct_load(tmp_path, name):
   assert stored["kind"] == ("fusion" if name == "fusion" else "autoencoder")
   ae_cfg = stored["model"]["autoencoders"]["s2"] if name == "fusion" else stored["model"]
   assert ae_cfg["reference_batch_mixing"] is True and ae_cfg["widths"] == [149, 128, 64]
+  assert ae_cfg["fill"] == "window"   # reference weights expect the reference's input fill
   # the trainers' loader accepts the converted directory too
   _assert_trees_equal(checkpoint.load_params(out), params)
 
