@@ -60,7 +60,7 @@ def check_model(model: FusionModel, where: str = "model") -> None:
   if unknown or "s2" not in model.sensors:
     raise ModelError(f"{where}: sensors: {list(model.sensors)}; cubes provide s2 (required) and s1")
   try:
-    model.fill
+    _ = model.fill
   except ValueError as e:
     raise ModelError(f"{where}: autoencoders.*.fill: {e}") from None
   for s, ae in zip(model.sensors, model.autoencoders):
@@ -113,6 +113,16 @@ class Engine:
     self.full_fn = jax.jit(lambda p, inputs, offsets: _full(model, p, inputs, offsets))
     self.conv_fns = {s: jax.jit(lambda p, crops, s=s: _conv(model, s, p, crops)) for s in model.sensors}
     self.tail_fn = jax.jit(lambda p, feats, gaps, offsets: _tail(model, p, feats, gaps, offsets))
+    self._empty_features: dict[str, np.ndarray] = {}
+
+  def empty_feature(self, sensor: str) -> np.ndarray:
+    """Conv-encoder feature of an all-zero crop (a hidden or empty frame under "frame" fill), computed once."""
+    if sensor not in self._empty_features:
+      ae = self.model.autoencoders[self.model.sensors.index(sensor)]
+      zeros = np.zeros((1, PATCH_PX, PATCH_PX, ae.channels), np.float32)
+      self._empty_features[sensor] = self.run(self.conv_fns[sensor], f"conv_{sensor}", self.conv_batch,
+                                              {"crops": zeros})[0]
+    return self._empty_features[sensor]
 
   def run(self, fn: Callable, name: str, batch: int, arrays: dict[str, np.ndarray]) -> Any:
     """fn(params, **arrays) over the leading axis in fixed batches (last one padded), concatenated."""
@@ -238,7 +248,7 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
   out = np.full((len(windows), ty * tx, model.bottleneck), np.nan, np.float32)
   engine.calls["tiles"] = engine.calls.get("tiles", 0) + 1
   if len(w_q) == 0:
-    return out.reshape(len(windows), ty, tx, engine.model.bottleneck)
+    return out.reshape(len(windows), ty, tx, model.bottleneck)
   n_pix = ty * tx
   prep = {}
   for s in model.sensors:
@@ -252,8 +262,7 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
       empty_tp = _box_counts(series, ty, tx).sum(axis=-1) == 0
       cached_qk = shown_qk & ~empty_tp[safe_qk, p_qk]
       if not cached_qk.all():   # hidden or fully clouded crops are all zeros after filling: one feature
-        zeros = np.zeros((1, PATCH_PX, PATCH_PX, series.shape[-1]), np.float32)
-        hidden_feat = engine.run(engine.conv_fns[s], f"conv_{s}", engine.conv_batch, {"crops": zeros})[0]
+        hidden_feat = engine.empty_feature(s)
     else:                 # "window": only crops without an invalid value are the same in every window
       sums_tpc, counts_tpc = _box_sums(series, ty, tx)
       clean_tp = counts_tpc.sum(axis=-1) == PATCH_PX * PATCH_PX * series.shape[-1]
@@ -292,4 +301,4 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
         prm, {s: a[f"{s}_feats"] for s in model.sensors}, {s: a[f"{s}_gaps"] for s in model.sensors}, offsets)
     zf.append(engine.run(fn, "tail", engine.batch, arrays))
   out[w_q, p_q] = np.concatenate(zf)
-  return out.reshape(len(windows), ty, tx, engine.model.bottleneck)
+  return out.reshape(len(windows), ty, tx, model.bottleneck)

@@ -78,6 +78,12 @@ def nearest_s1_index(s2_time: np.ndarray, s1_time: np.ndarray) -> np.ndarray:
 FILL_MODES = ("window", "frame")
 
 
+def check_fill(mode: str, name: str = "fill mode") -> None:
+  """Raises ValueError naming `name` unless `mode` is one of FILL_MODES."""
+  if mode not in FILL_MODES:
+    raise ValueError(f"{name} {mode!r}: expected one of {FILL_MODES}")
+
+
 def fill_patches(x_nan_bthwc: np.ndarray, mode: str = "window") -> tuple[np.ndarray, np.ndarray]:
   """NaN -> a mean of the valid values of the same channel; returns (filled, mask).
 
@@ -90,8 +96,7 @@ def fill_patches(x_nan_bthwc: np.ndarray, mode: str = "window") -> tuple[np.ndar
   with 0 (a hidden or fully clouded frame is all zeros under "frame"). Works for any leading dims
   (..., t, h, w, c).
   """
-  if mode not in FILL_MODES:
-    raise ValueError(f"fill mode {mode!r}: expected one of {FILL_MODES}")
+  check_fill(mode)
   x_nan_bthwc = np.asarray(x_nan_bthwc)
   mask_bthwc = ~np.isnan(x_nan_bthwc)
   summable = np.where(np.isfinite(x_nan_bthwc), x_nan_bthwc, 0).astype(np.float64)

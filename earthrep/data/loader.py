@@ -113,11 +113,6 @@ def _check_hide(shards: ShardSet, hide_centre_prob: float, hide_sensor: str) -> 
                      f"(sensors {shards.sensors})")
 
 
-def _check_fill(fill: str) -> None:
-  if fill not in preprocess.FILL_MODES:
-    raise ValueError(f"fill {fill!r}: expected one of {preprocess.FILL_MODES}")
-
-
 def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, seed: int,
                 shuffle: bool = True, num_epochs: int | None = None, worker_count: int = 0,
                 worker_buffer_size: int = 2, drop_remainder: bool = True, shard_index: int | None = None,
@@ -130,7 +125,7 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
   """
   shards = open_shards(data_dir, split)
   _check_hide(shards, hide_centre_prob, hide_sensor)
-  _check_fill(fill)
+  preprocess.check_fill(fill, "fill")
   if shard_index is None or shard_count is None:
     import jax
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -168,7 +163,7 @@ def eval_batches(data_dir: str | Path, split: str, batch_size: int, *, hide_cent
   Philox(seed + record index), so it is the same on every call and every host."""
   shards = open_shards(data_dir, split)
   _check_hide(shards, hide_centre_prob, hide_sensor)
-  _check_fill(fill)
+  preprocess.check_fill(fill, "fill")
   if batch_size <= 0:
     raise ValueError(f"batch_size {batch_size} must be positive")
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from earthrep.models import blocks
-from earthrep.preprocess import FILL_MODES
+from earthrep.preprocess import check_fill
 from earthrep.schema import AE_MAX_POSITION, PATCH_FRAMES, PATCH_PX
 
 TOKEN_PX = 4   # 15 -> 7 (conv1) -> 4 (conv2)
@@ -172,8 +172,7 @@ def ae_from_config(cfg: Mapping[str, Any]) -> TransformerAE:
   kwargs = {k: cfg[k] for k in AE_FIELDS if k in cfg}
   if "widths" in kwargs:
     kwargs["widths"] = tuple(int(v) for v in kwargs["widths"])
-  if kwargs.get("fill", "window") not in FILL_MODES:
-    raise ValueError(f"TransformerAE config field fill={kwargs['fill']!r}: expected one of {FILL_MODES}")
+  check_fill(kwargs.get("fill", "window"), "TransformerAE config field fill")
   return TransformerAE(**kwargs)
 
 
