@@ -30,9 +30,9 @@ def matmul_ceiling(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
   return 2.0 * n ** 3 / t
 
 
-def compiled_flops(jitted: Any, *args: Any) -> float:
+def compiled_flops(jitted: Any, *args: Any, **kwargs: Any) -> float:
   """FLOPs of one call as counted by XLA's cost analysis of the compiled program (nan if absent)."""
-  cost = jitted.lower(*args).compile().cost_analysis()
+  cost = jitted.lower(*args, **kwargs).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   return float((cost or {}).get("flops", float("nan")))

@@ -15,6 +15,14 @@ are the model's own. Which crops can be shared depends on the fill:
   differs between windows, so those crops are encoded once per window; the window means come from 15x15
   box sums of valid values per date (no patch is materialised for a clean crop). The gain then depends on
   the clouds (see benchmarks/embed_speed.py).
+(d) The crops of one date overlap (neighbouring pixels share 14 of 15 rows and columns), so the cached
+crops of a date also share the encoder's first layers (`models.crop_share`): conv0 and block 1's
+convolutions run once over the date's whole local grid, and each crop gathers its values (at the crop's
+edge classes) and adds the term of its own holes; only the rest of the encoder runs per crop. This covers
+every crop whose pixels are each valid in all bands or in none; the others (mixed bands, +-inf) and dates
+with too few crops to pay for the maps (`Engine.share_px_per_crop`) use the plain encoder. On a CPU the
+maps go to the host and numpy gathers the crops (XLA's CPU gather is much slower); elsewhere the gather
+runs inside the jitted function.
 Both return zf (n_windows, ty, tx, 7) for the output pixels of a tile, NaN where the pixel-window is invalid.
 
 Dimension letters: n windows, k frames, q valid (window, pixel) pairs, p tile pixels, t dates, c channels.
@@ -22,6 +30,7 @@ Dimension letters: n windows, k frames, q valid (window, pixel) pairs, p tile pi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -31,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from earthrep import checkpoint, parallel, preprocess, sensors as sensor_registry
-from earthrep.models import torch_import
+from earthrep.models import crop_share, torch_import
 from earthrep.models.autoencoder import ConvEncoder
 from earthrep.models.fusion import FusionModel, fusion_from_config
 from earthrep.schema import CENTRE_FRAME, CENTRE_PX, PATCH_FRAMES, PATCH_PX, S1_BANDS, S2_BANDS
@@ -97,6 +106,10 @@ class Engine:
   batch: int
   mesh: Any = None
   conv_batch: int = 0   # crops per conv-encoder call; 0: 128 per device on CPU, 4 x batch elsewhere
+  # Clean crops of a date share conv0 and block 1 (`models.crop_share`) when the date has at least one
+  # crop per `share_px_per_crop` pixels of the local grid (the maps cost about as much as encoding one
+  # crop per ~25 pixels on a CPU at the runlocal widths); 0 disables the sharing.
+  share_px_per_crop: int = 16
   calls: dict = dataclasses.field(default_factory=dict)   # function name -> calls (and "tiles")
 
   def __post_init__(self):
@@ -113,6 +126,12 @@ class Engine:
     self.full_fn = jax.jit(lambda p, inputs, offsets: _full(model, p, inputs, offsets))
     self.conv_fns = {s: jax.jit(lambda p, crops, s=s: _conv(model, s, p, crops)) for s in model.sensors}
     self.tail_fn = jax.jit(lambda p, feats, gaps, offsets: _tail(model, p, feats, gaps, offsets))
+    self.map_fns = {s: jax.jit(lambda p, images, valid, s=s: crop_share.block1_maps(
+        p[f"ae_{s}"]["conv_encoder"], images, valid)) for s in model.sensors}
+    # crop_share: on CPU the maps come to the host and numpy gathers the crops (XLA's CPU gather is slow)
+    self.host_gather = self.mesh.devices.flat[0].platform == "cpu"
+    self.crop_fns = {(s, holes): jax.jit(functools.partial(_crop_encode, ae, s, holes, self.host_gather))
+                     for s, ae in zip(model.sensors, model.autoencoders) for holes in (False, True)}
     self._empty_features: dict[str, np.ndarray] = {}
 
   def empty_feature(self, sensor: str) -> np.ndarray:
@@ -124,8 +143,9 @@ class Engine:
                                               {"crops": zeros})[0]
     return self._empty_features[sensor]
 
-  def run(self, fn: Callable, name: str, batch: int, arrays: dict[str, np.ndarray]) -> Any:
-    """fn(params, **arrays) over the leading axis in fixed batches (last one padded), concatenated."""
+  def run(self, fn: Callable, name: str, batch: int, arrays: dict[str, np.ndarray], **fixed) -> Any:
+    """fn(params, **fixed, **arrays) over the arrays' leading axis in fixed batches (last one padded),
+    concatenated."""
     n = len(next(iter(arrays.values())))
     outs = []
     for start in range(0, n, batch):
@@ -133,10 +153,11 @@ class Engine:
       m = len(next(iter(chunk.values())))
       if m < batch:
         chunk = {k: np.concatenate([v, np.repeat(v[:1], batch - m, axis=0)]) for k, v in chunk.items()}
-      out = fn(self.params, **parallel.host_batch_to_global(chunk, self.mesh))
+      out = fn(self.params, **fixed, **parallel.host_batch_to_global(chunk, self.mesh))
       self.calls[name] = self.calls.get(name, 0) + 1
-      outs.append(jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out))
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+      outs.append((out, m))   # not fetched yet: the host prepares the next batch while this one runs
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *[jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out)
+                                                           for out, m in outs])
 
 
 def _full(model, p, inputs, offsets):
@@ -148,6 +169,15 @@ def _full(model, p, inputs, offsets):
 def _conv(model, sensor, p, crops):
   ae = model.autoencoders[model.sensors.index(sensor)]
   return ae.apply({"params": p[f"ae_{sensor}"]}, crops, method=lambda m, x: m.conv_encoder(x, train=False))
+
+
+def _crop_encode(ae, sensor, holes, host_gather, p, fill, maps=None, slot=None, y0=None, x0=None, **gathered):
+  if host_gather:   # crops gathered on the host: a0, valid, t0, t1, ...
+    crops = {"a0": gathered["a0"], "valid": gathered["valid"],
+             "t": [gathered[f"t{i}"] for i in range(len(gathered) - 2)]}
+  else:
+    crops = crop_share.gather(maps, slot, y0, x0, jnp)
+  return crop_share.encode(ae, p[f"ae_{sensor}"], crops, fill if holes else None)
 
 
 def _tail(model, p, feats, gaps, offsets):
@@ -208,36 +238,95 @@ def naive_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: in
   return out.reshape(len(windows), ty, tx, engine.model.bottleneck)
 
 
-def _box(a_thwc: np.ndarray, ty: int, tx: int) -> np.ndarray:
-  """15x15 box sums (integral image) at the tile's patch centres -> (t, ty * tx, c)."""
+def _box_at(a_thwc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+  """15x15 box sums (integral image) of the crops centred at (rows, cols), inside the grid -> (t, p, c)."""
   ii = np.pad(np.cumsum(np.cumsum(a_thwc, axis=1), axis=2), ((0, 0), (1, 0), (1, 0), (0, 0)))
-  s = ii[:, PATCH_PX:, PATCH_PX:] - ii[:, :-PATCH_PX, PATCH_PX:] - ii[:, PATCH_PX:, :-PATCH_PX] \
-      + ii[:, :-PATCH_PX, :-PATCH_PX]
-  return s[:, :ty, :tx].reshape(len(a_thwc), ty * tx, -1)
+  r0, c0 = rows - CENTRE_PX, cols - CENTRE_PX
+  r1, c1 = r0 + PATCH_PX, c0 + PATCH_PX
+  return ii[:, r1, c1] - ii[:, r0, c1] - ii[:, r1, c0] + ii[:, r0, c0]
 
 
-def _box_counts(series_thwc: np.ndarray, ty: int, tx: int) -> np.ndarray:
-  """Per date and tile pixel, the counts of valid elements of its 15x15 crop (t, p, c)."""
-  return _box((~np.isnan(series_thwc)).astype(np.int64), ty, tx)
+def _box_counts(series_thwc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+  """Per date and crop centre, the counts of valid elements of its 15x15 crop (t, p, c)."""
+  return _box_at((~np.isnan(series_thwc)).astype(np.int64), rows, cols)
 
 
-def _box_sums(series_thwc: np.ndarray, ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per date and tile pixel, the 15x15 sums of valid values and counts of valid elements (t, p, c)."""
+def _box_sums(series_thwc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Per date and crop centre, the 15x15 sums of valid values and counts of valid elements (t, p, c)."""
   valid = ~np.isnan(series_thwc)
-  return _box(np.where(valid, series_thwc, 0.0).astype(np.float64), ty, tx), _box_counts(series_thwc, ty, tx)
+  sums = _box_at(np.where(valid, series_thwc, 0.0).astype(np.float64), rows, cols)
+  return sums, _box_at(valid.astype(np.int64), rows, cols)
 
 
 def _crop_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.ndarray, rows: np.ndarray,
                    cols: np.ndarray, n_pix: int) -> np.ndarray:
-  """Conv-encoder features of the (date, pixel) crops `keys` (date * n_pix + pixel), each filled from
-  its own frame (a no-op for the clean crops of "window" fill), gathered a few batches at a time."""
+  """Conv-encoder features of the (date, pixel) crops `keys` (sorted date * n_pix + pixel), each filled
+  from its own frame (a no-op for the clean crops of "window" fill). Crops whose pixels are each finite
+  in all channels or NaN in all share conv0 and block 1 with the other crops of their date
+  (`_shared_features`) where the date has enough of them; the rest are gathered, filled and encoded a few
+  batches at a time."""
+  out = np.empty((len(keys),) + engine.empty_feature(sensor).shape, np.float32)
+  date_k, pix_k = keys // n_pix, keys % n_pix
+  shared = np.zeros(len(keys), bool)
+  if engine.share_px_per_crop:
+    h, w, c = series.shape[1:]
+    nan_thwc = np.isnan(series)
+    bad_thw = np.isinf(series).any(axis=-1) | (nan_thwc.any(axis=-1) & ~nan_thwc.all(axis=-1))
+    shared = _box_at(bad_thw[..., None].astype(np.int64), rows, cols)[date_k, pix_k, 0] == 0
+    crops_t = np.bincount(date_k[shared], minlength=len(series))
+    shared &= crops_t[date_k] * engine.share_px_per_crop >= h * w
+    if shared.any():   # the "frame" fill value of every crop: its per-channel mean of valid values
+      sums_tpc, counts_tpc = _box_sums(series, rows, cols)
+      d, q = date_k[shared], pix_k[shared]
+      fill_kc = (sums_tpc[d, q] / np.maximum(counts_tpc[d, q], 1)).astype(np.float32)
+      holes_k = counts_tpc[d, q].sum(axis=-1) < PATCH_PX * PATCH_PX * c
+      out[shared] = _shared_features(engine, sensor, series, keys[shared], rows, cols, n_pix, fill_kc, holes_k)
   step = engine.conv_batch * 8
-  out = []
-  for chunk in (keys[i:i + step] for i in range(0, len(keys), step)):
-    crops = gather_patches(series, (chunk // n_pix)[:, None], rows[chunk % n_pix], cols[chunk % n_pix])[:, 0]
+  rest = np.nonzero(~shared)[0]
+  for idx in (rest[i:i + step] for i in range(0, len(rest), step)):
+    crops = gather_patches(series, date_k[idx][:, None], rows[pix_k[idx]], cols[pix_k[idx]])[:, 0]
     crops, _ = preprocess.fill_patches(crops, "frame")   # (n, h, w, c): per-crop channel means
-    out.append(engine.run(engine.conv_fns[sensor], f"conv_{sensor}", engine.conv_batch, {"crops": crops}))
-  return np.concatenate(out)
+    out[idx] = engine.run(engine.conv_fns[sensor], f"conv_{sensor}", engine.conv_batch, {"crops": crops})
+  return out
+
+
+def _shared_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.ndarray, rows: np.ndarray,
+                     cols: np.ndarray, n_pix: int, fill_kc: np.ndarray, holes_k: np.ndarray) -> np.ndarray:
+  """`_crop_features` through `crop_share`: block-1 maps once per date (the whole local grid), then each
+  crop's features from its gathered maps (plus its hole term), in batches spanning a group of dates."""
+  date_k, pix_k = keys // n_pix, keys % n_pix
+  dates, first = np.unique(date_k, return_index=True)
+  # a fixed number of dates per group (one compiled shape per grid): enough crops for ~4 full batches,
+  # maps within ~256 MB; a short last group is padded with zero maps
+  enc = engine.params[f"ae_{sensor}"]["conv_encoder"]
+  max_dates = max(1, (256 << 20) // crop_share.map_bytes(enc, *series.shape[1:3]))
+  group = int(np.clip(-(-4 * engine.conv_batch // n_pix), 1, max_dates))
+  out = np.empty((len(keys),) + engine.empty_feature(sensor).shape, np.float32)
+  for start in range(0, len(dates), group):
+    ds = dates[start:start + group]
+    maps = [engine.map_fns[sensor](engine.params, np.nan_to_num(series[d], nan=0.0, posinf=0.0, neginf=0.0)[None],
+                                   ~np.isnan(series[d]).any(axis=-1)[None]) for d in ds]
+    engine.calls[f"map_{sensor}"] = engine.calls.get(f"map_{sensor}", 0) + len(maps)
+    maps += [jax.tree.map(jnp.zeros_like, maps[0])] * (group - len(maps))
+    maps = maps[0] if group == 1 else jax.tree.map(lambda *m: jnp.concatenate(m), *maps)
+    if engine.host_gather:
+      maps = jax.device_get(maps)
+    stop = first[start + group] if start + group < len(dates) else len(keys)
+    for holes in (False, True):
+      sel = first[start] + np.nonzero(holes_k[first[start]:stop] == holes)[0]
+      for idx in (sel[i:i + 4 * engine.conv_batch] for i in range(0, len(sel), 4 * engine.conv_batch)):
+        where = (np.searchsorted(ds, date_k[idx]).astype(np.int32), (rows[pix_k[idx]] - CENTRE_PX).astype(np.int32),
+                 (cols[pix_k[idx]] - CENTRE_PX).astype(np.int32))
+        if engine.host_gather:
+          crops = crop_share.gather(maps, *where, np)
+          arrays, fixed = {"a0": crops["a0"], "valid": crops["valid"],
+                           **{f"t{i}": t for i, t in enumerate(crops["t"])}}, {}
+        else:
+          arrays, fixed = dict(zip(("slot", "y0", "x0"), where)), {"maps": maps}
+        arrays["fill"] = fill_kc[idx]
+        out[idx] = engine.run(engine.crop_fns[sensor, holes], f"crop_{sensor}{'_holes' * holes}",
+                              engine.conv_batch, arrays, **fixed)
+  return out
 
 
 def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int) -> np.ndarray:
@@ -259,12 +348,12 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
     p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
     hidden_feat = mean_qc = None
     if fill == "frame":   # every crop is filled from itself: one feature per (date, pixel)
-      empty_tp = _box_counts(series, ty, tx).sum(axis=-1) == 0
+      empty_tp = _box_counts(series, rows, cols).sum(axis=-1) == 0
       cached_qk = shown_qk & ~empty_tp[safe_qk, p_qk]
       if not cached_qk.all():   # hidden or fully clouded crops are all zeros after filling: one feature
         hidden_feat = engine.empty_feature(s)
     else:                 # "window": only crops without an invalid value are the same in every window
-      sums_tpc, counts_tpc = _box_sums(series, ty, tx)
+      sums_tpc, counts_tpc = _box_sums(series, rows, cols)
       clean_tp = counts_tpc.sum(axis=-1) == PATCH_PX * PATCH_PX * series.shape[-1]
       total_qc = (sums_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)
       count_qc = (counts_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)

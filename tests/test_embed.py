@@ -40,6 +40,9 @@ def window_engine():   # the reference's input fill: crops with clouds are re-en
   return embed_core.Engine(*random_fusion(TINY, fill="window"), batch=64)
 
 
+ALWAYS_SHARE = 10 ** 6   # share_px_per_crop: clean crops always go through models.crop_share
+
+
 @pytest.fixture(scope="module")
 def local_run(paths):
   model_dir, cube, root = paths
@@ -53,10 +56,12 @@ def _merged():
   return W.merge(make_site_cube(0, size=SIZE, days=DAYS))
 
 
+@pytest.mark.parametrize("share", [0, ALWAYS_SHARE])
 @pytest.mark.parametrize("mode,fill", [("clear", "frame"), ("daily", "frame"), ("clear", "window"),
                                        ("daily", "window")])
-def test_fast_equals_naive(engine, window_engine, mode, fill):
+def test_fast_equals_naive(engine, window_engine, mode, fill, share):
   engine = engine if fill == "frame" else window_engine
+  engine.share_px_per_crop = share
   assert engine.model.fill == fill
   merged = _merged()
   if mode == "clear":
@@ -67,7 +72,16 @@ def test_fast_equals_naive(engine, window_engine, mode, fill):
                      merged.s1_time)
   t = local.s2_thwc.shape[1] - 14
   naive = embed_core.naive_tile(engine, local, win, t, t)
+  for s in engine.model.sensors:   # computed once per engine; not counted below
+    engine.empty_feature(s)
+  engine.calls.clear()
   fast = embed_core.fast_tile(engine, local, win, t, t)
+  # with sharing, the crops take models.crop_share (cloudy ones with their hole term under "frame" fill);
+  # "window" fill re-encodes cloudy crops per window with the plain encoder
+  calls = engine.calls
+  assert (calls.get("crop_s2", 0) > 0) == (calls.get("crop_s1", 0) > 0) == bool(share)
+  assert (calls.get("crop_s2_holes", 0) > 0) == (bool(share) and fill == "frame")
+  assert (calls.get("conv_s2", 0) > 0) == (not share or fill == "window")
   assert np.isfinite(naive).sum() > 7 * 50
   np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
   assert np.nanmax(np.abs(naive - fast)) <= 1e-5

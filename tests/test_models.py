@@ -195,3 +195,50 @@ def test_conv_transpose_matches_lax_reference():
   got = layer.apply(params, x)
   assert got.shape == (2, 7, 7, 5)
   np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(15, 15), (7, 7), (4, 4), (20, 20)])
+def test_small_map_conv_and_max_pool_match_lax(hw):
+  """SpatialAttention's conv as one matmul (and its lax fallback), the separable 3x3 max-pool."""
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(3, *hw, 2)), jnp.float32)
+  params = {"params": {"kernel": jnp.asarray(rng.normal(size=(7, 7, 2, 1)), jnp.float32),
+                       "bias": jnp.asarray(rng.normal(size=(1,)), jnp.float32)}}
+  want = blocks.conv(1, 7).apply(params, x)
+  np.testing.assert_allclose(blocks.SmallMapConv(1, 7).apply(params, x), want, atol=1e-5)
+  pool = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+  np.testing.assert_array_equal(blocks.max_pool_residual(x, 0 * x), pool)
+
+
+def test_crop_share_matches_the_encoder_on_every_crop():
+  """crop_share (block-1 maps once per image, gathered per crop, plus each crop's hole term) == the
+  "frame"-filled ConvEncoder on each crop, for crops touching every image border (every pair of edge
+  classes), with and without holes."""
+  from earthrep import preprocess
+  from earthrep.models import crop_share
+  model = TransformerAE(10, 9, 6, **TINY)
+  params = _random_params(model)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(2, 17, 19, 10)).astype(np.float32)
+  images[1, 2:6, 3:5] = np.nan            # a cloud (all bands) seen by some crops, at their edges too
+  images[1, 12, 16] = np.nan
+  valid = ~np.isnan(images).any(axis=-1)
+  slot, y0, x0 = (a.ravel() for a in np.meshgrid(np.arange(2), np.arange(3), np.arange(5), indexing="ij"))
+  crops = np.stack([images[s, a:a + 15, b:b + 15] for s, a, b in zip(slot, y0, x0)])
+  filled, mask = preprocess.fill_patches(crops, "frame")
+  holes = ~mask.all(axis=(1, 2, 3))
+  assert 0 < holes.sum() < len(holes)
+  fill = np.nanmean(crops.astype(np.float64), axis=(1, 2)).astype(np.float32)   # each crop's own mean
+  want = model.apply({"params": params}, filled, method=lambda m, x: m.conv_encoder(x, train=False))
+  maps = crop_share.block1_maps(params["conv_encoder"], np.nan_to_num(images), valid)
+  assert maps["t"][1].shape == (2, 7, 7, 17, 19, TINY["widths"][0])
+  crops = crop_share.gather(maps, slot, y0, x0, jnp)   # in-jit gather (accelerators) == the host's numpy one
+  host = crop_share.gather(jax.device_get(maps), slot, y0, x0, np)
+  for a, b in zip(jax.tree.leaves(crops), jax.tree.leaves(host)):
+    np.testing.assert_array_equal(a, b)
+  got = crop_share.encode(model, params, crops, fill)
+  np.testing.assert_allclose(got, want, atol=2e-6)
+  clean = crop_share.encode(model, params, jax.tree.map(lambda a: a[~holes], host))
+  np.testing.assert_allclose(clean, want[~holes], atol=2e-6)
+  assert list(crop_share.edge_class(3)) == [0, 1, 2] + [3] * 9 + [4, 5, 6]
+  assert crop_share.tap_ranges(3, 1) == [(1, 3), (0, 3), (0, 2)]
