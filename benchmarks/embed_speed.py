@@ -1,31 +1,37 @@
 """Feature-cube speed: naive (full forward per window) vs fast (shared conv features, no decoders).
 
-  python -m benchmarks.embed_speed [--full] [--sizes 18x150,22x240,26x365,18x150:daily,22x240:daily]
-      [--clear-sky 18x150] [--fill frame|window] [--batch 64]
+  python -m benchmarks.embed_speed [--full] [--sizes 30x240,46x240,46x365,22x240:daily]
+      [--clear-sky 30x240] [--fill frame|window] [--batch 64]
 
-Runs both paths side by side on the same demo cubes (`data_prep.demo_world.make_site_cube`, size x days)
-with a random-weight fusion model (default: the `runlocal` widths, AE widths (32,32,32), d_model 64,
-heads 4, layers 2; `--full` = the reference size) and prints, per cube: windows (pixel-dates), pixel-dates/s
-of each path, the speed-up, the achieved FLOP/s of the compiled functions (XLA cost analysis x calls / time)
-against a measured matmul ceiling, and the peak RSS. Both paths are timed after a warm-up tile (compiles).
+Runs both paths side by side on the same demo cubes (`data_prep.demo_world.make_site_cube`, size x days,
+embedded as one tile of (size - 14)^2 output pixels: 46 px gives the default 32x32 tile of
+`earthrep.embed`) with a random-weight fusion model (default: the `runlocal` widths, AE widths
+(32,32,32), d_model 64, heads 4, layers 2; `--full` = the reference size) and prints, per cube: windows
+(pixel-dates), pixel-dates/s of each path, the speed-up, the fast path without crop sharing
+(`Engine.share_px_per_crop=0`), the achieved FLOP/s of the compiled functions (XLA cost analysis x calls
+/ time) against a measured matmul ceiling, the largest |naive - fast| of either fast variant, and the peak
+RSS. Every path is timed after a warm-up (the fast ones on the same tile: the same compiled shapes).
 `random_fusion` / `save_fusion_dir` also serve the tests (a model directory without training).
 
 Measured (2-core CPU, runlocal model with the default per-frame fill, batch 64, 2026-11-22; matmul ceiling
-188 GFLOP/s; max |naive - fast| = 0 on every row; peak RSS 1.0 GB):
-| cube                       | windows | pixel-dates | naive px-d/s | fast px-d/s | speed-up | naive / fast GFLOP/s |
-| 18x18px 150d clear         |   5     |    67       | 38           |  186        |  4.9x    | 59.2 / 43.5          |
-| 22x22px 240d clear         |  15     |   603       | 66           |  313        |  4.8x    | 56.9 / 44.0          |
-| 26x26px 365d clear         |  26     |  2096       | 71           |  305        |  4.3x    | 58.1 / 45.0          |
-| 18x18px 150d daily         |  64     |  1024       | 67           | 1575        | 23.4x    | 55.0 / 41.3          |
-| 22x22px 240d daily         | 164     | 10496       | 69           | 2706        | 39.3x    | 56.3 / 37.5          |
-| 18x18px 150d clear-sky     |  20     |   320       | 80           |  581        |  7.2x    | 65.7 / 46.1          |
-Where the time goes (26x26px 365d clear, 12x12 tile): the fast path spends 90 % in the conv encoders, on
-88 crops per pixel (47 S1, 41 S2 after the empty ones) for 14.6 windows per pixel; the naive path runs
-22 encoder crops per window and the decoders cost it only ~20 % more. Exactness bounds the clear-date gain:
-a pixel clear on a fraction c of the D merged S2 dates has c*D windows but needs ~2*D crops (every date is
-context of some window), so the speed-up is about 11*c (4-5x at the demo's c of 0.4), while daily windows
-share the same ~2*D crops among all days (23-39x here). With the reference's window fill (previous
-version) the clear rows were 1.8-3.2x, because every crop with a cloud was re-encoded per window.
+192 GFLOP/s):
+| cube                   | windows | pixel-dates | naive px-d/s | fast px-d/s | speed-up | fast, no crop sharing |
+| 30x30px 240d clear     |  16     |   2308      | 83           | 1044        | 12.5x    |  478                  |
+| 46x46px 240d clear     |  19     |  10446      | 91           | 1003        | 11.0x    |  562                  |
+| 46x46px 365d clear     |  29     |  15899      | 87           |  931        | 10.6x    |  449                  |
+| 22x22px 240d daily     | 164     |  10496      | 85           | 5973        | 70.5x    | 3570                  |
+| 30x30px 240d clear-sky |  38     |   9728      | 91           | 1946        | 21.3x    |  972                  |
+Max |naive - fast| 4.8e-7 (float32 summation order of the shared convolutions); peak RSS 1.3 GB. Naive
+runs at 70-75 GFLOP/s (37-39 % of the ceiling), the fast path at 20-26 GFLOP/s: what it has left is
+mostly memory-bound (the per-crop attention blocks, gathers, hole terms).
+Where the gain comes from (clear dates): the fast path runs no decoders and computes each (pixel, date)
+crop's conv feature once for all the windows that hold it (a pixel clear on a fraction c of the D merged
+S2 dates has c*D windows but needs ~2*D crops, since every date is context of some window: that alone
+gives ~11*c, 4-5x at the demo's c of 0.4; column "no crop sharing"). Crop sharing (`models.crop_share`)
+then computes conv0 and block 1's 3x3 and 7x7 convolutions once per date over the tile's grid instead of
+once per crop, cloudy crops included (each adds its own hole term), which doubles it. Daily windows
+share the same crops among all days. In the previous version (per-crop encoder, `nn.max_pool` and a lax
+conv for spatial attention) the 12x12-px clear cubes reached 4.3-4.9x.
 """
 from __future__ import annotations
 
