@@ -126,7 +126,8 @@ def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = Fa
   share = engine.share_px_per_crop
   paths = (("naive", embed_core.naive_tile, share), ("fast", embed_core.fast_tile, share),
            ("fast_unshared", embed_core.fast_tile, 0))
-  for name, fn, engine.share_px_per_crop in paths:
+  for name, fn, share_px_per_crop in paths:
+    engine.share_px_per_crop = share_px_per_crop
     warm = min(t, 4) if name == "naive" else t   # compile outside the timing (fast: the same shapes)
     fn(engine, merged, win, warm, warm)
     engine.calls.clear()

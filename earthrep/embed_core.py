@@ -296,8 +296,7 @@ def _shared_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.n
   crop's features from its gathered maps (plus its hole term), in batches spanning a group of dates."""
   date_k, pix_k = keys // n_pix, keys % n_pix
   dates, first = np.unique(date_k, return_index=True)
-  # a fixed number of dates per group (one compiled shape per grid): enough crops for ~4 full batches,
-  # maps within ~256 MB; a short last group is padded with zero maps
+  # dates per group: enough crops for ~4 full batches, maps within ~256 MB
   enc = engine.params[f"ae_{sensor}"]["conv_encoder"]
   max_dates = max(1, (256 << 20) // crop_share.map_bytes(enc, *series.shape[1:3]))
   group = int(np.clip(-(-4 * engine.conv_batch // n_pix), 1, max_dates))
@@ -307,10 +306,11 @@ def _shared_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.n
     maps = [engine.map_fns[sensor](engine.params, np.nan_to_num(series[d], nan=0.0, posinf=0.0, neginf=0.0)[None],
                                    ~np.isnan(series[d]).any(axis=-1)[None]) for d in ds]
     engine.calls[f"map_{sensor}"] = engine.calls.get(f"map_{sensor}", 0) + len(maps)
-    maps += [jax.tree.map(jnp.zeros_like, maps[0])] * (group - len(maps))
-    maps = maps[0] if group == 1 else jax.tree.map(lambda *m: jnp.concatenate(m), *maps)
-    if engine.host_gather:
-      maps = jax.device_get(maps)
+    if engine.host_gather:   # numpy gathers from the host maps: any number of dates
+      maps = jax.tree.map(lambda *m: np.concatenate(m), *jax.device_get(maps))
+    else:                    # the maps enter the jitted gather: a short last group is padded (one shape)
+      maps += [jax.tree.map(jnp.zeros_like, maps[0])] * (group - len(maps))
+      maps = jax.tree.map(lambda *m: jnp.concatenate(m), *maps)
     stop = first[start + group] if start + group < len(dates) else len(keys)
     for holes in (False, True):
       sel = first[start] + np.nonzero(holes_k[first[start]:stop] == holes)[0]
