@@ -5,7 +5,7 @@ r"""Any-day reconstruction: how well the fusion model restores a hidden cloud-fr
 
 Held-out data: the cubes of the shards' test split (never seen in training). For sampled interior pixels,
 every S2 date on which the pixel is cloud-free in all 10 bands is hidden in turn: the fusion model answers
-for that day from the 5 S2 dates before and after it plus S1 (`earthrep.anyday.embed_days`, the centre
+for that day from the 5 S2 dates before and after it plus S1 (`earthrep.inference.anyday`, the centre
 frame fully masked). The centre-pixel reconstruction is compared with the observation, per band (MAE of
 reflectance), against (a) linear interpolation in time between the pixel's previous and next cloud-free
 observations and (b) the same fusion architecture trained without S1. Only pixel-dates that all methods
@@ -23,7 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from earthrep import anyday, cube as cube_lib, preprocess, schema  # noqa: E402
+from earthrep import schema  # noqa: E402
+from earthrep.data import preprocess  # noqa: E402
+from earthrep.inference import anyday  # noqa: E402
+from earthrep.io import cube as cube_lib  # noqa: E402
 
 
 def clear_series(cube: schema.SiteCube, row: int, col: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,7 +60,8 @@ def main():
 
   meta = json.loads((Path(a.shards) / schema.SHARD_METADATA).read_text())
   held_out = meta["splits"]["test"]["cube_ids"]
-  models = {"fusion (S1+S2)": anyday.load_fusion(a.model), "fusion without S1": anyday.load_fusion(a.model_s2only)}
+  models = {"fusion (S1+S2)": anyday.AnyDay(*anyday.load_fusion(a.model)),
+            "fusion without S1": anyday.AnyDay(*anyday.load_fusion(a.model_s2only))}
   errors: dict[str, list[np.ndarray]] = {name: [] for name in ["linear interpolation", *models]}
   rng = np.random.default_rng(a.seed)
   n_dates = 0
@@ -71,8 +75,8 @@ def main():
       if len(days) < 3:
         continue
       answers = {"linear interpolation": linear_interpolation(days, truth)}
-      for name, (model, params) in models.items():
-        result = anyday.embed_days(model, params, cube, row, col, days)
+      for name, model in models.items():
+        result = model.embed_days(cube, row, col, days)
         answers[name] = np.where(result.valid[:, None], result.s2_reflectance, np.nan)
       ok = np.all([np.isfinite(v).all(axis=1) for v in answers.values()], axis=0)
       n_dates += int(ok.sum())

@@ -5,13 +5,12 @@
 
 Runs both paths side by side on the same demo cubes (`data_prep.demo_world.make_site_cube`, size x days,
 embedded as one tile of (size - 14)^2 output pixels: 46 px gives the default 32x32 tile of
-`earthrep.embed`) with a random-weight fusion model (default: the `runlocal` widths, AE widths
-(32,32,32), d_model 64, heads 4, layers 2; `--full` = the reference size) and prints, per cube: windows
+`earthrep.embed`) with a random-weight fusion model (`interop.torch_import.random_fusion`; default: the
+`runlocal` config widths, `--full` = the reference size) and prints, per cube: windows
 (pixel-dates), pixel-dates/s of each path, the speed-up, the fast path without crop sharing
 (`Engine.share_px_per_crop=0`), the achieved FLOP/s of the compiled functions (XLA cost analysis x calls
 / time) against a measured matmul ceiling, the largest |naive - fast| of either fast variant, and the peak
 RSS. Every path is timed after a warm-up (the fast ones on the same tile: the same compiled shapes).
-`random_fusion` / `save_fusion_dir` also serve the tests (a model directory without training).
 
 Measured (2-core CPU, runlocal model with the default per-frame fill, batch 64, 2026-11-22; matmul ceiling
 192 GFLOP/s):
@@ -37,46 +36,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
 
-from earthrep.models import torch_import
-from earthrep.models.autoencoder import TransformerAE
-from earthrep.models.fusion import FusionModel
-
-RUNLOCAL = dict(ae=dict(widths=(32, 32, 32), d_model=64, token_dim=16, heads=4, ffn=8, layers=2),
-                fusion=dict(d_model=64, heads=4, ffn=128, layers=2))
-TINY = dict(ae=dict(widths=(8, 8, 8), d_model=32, token_dim=8, heads=2, ffn=8, layers=1),
-            fusion=dict(d_model=32, heads=2, ffn=32, layers=1))
-FULL = dict(ae={}, fusion={})
-AE_SHAPES = {"s1": (2, 2, 7), "s2": (10, 9, 6)}   # channels, bottleneck, reduced tokens
-
-
-def random_fusion(size: dict = TINY, sensors=("s1", "s2"), seed: int = 0, s2_channels: int = 10,
-                  fill: str = "frame"):
-  """(FusionModel, params) with torch-like random init built in numpy (no slow init compile)."""
-  shapes = dict(AE_SHAPES, s2=(s2_channels, 9, 6))
-  aes = tuple(TransformerAE(*shapes[s], **size["ae"], fill=fill) for s in sensors)
-  model = FusionModel(aes, tuple(sensors), bottleneck=7, **size["fusion"])
-  return model, torch_import.random_params(model, seed)
-
-
-def save_fusion_dir(model: FusionModel, params, out: str | Path) -> Path:
-  """The converted-checkpoint layout: `<out>/model_config.json` + `<out>/0/params`."""
-  import orbax.checkpoint as ocp
-  from earthrep import checkpoint
-  from earthrep.models.fusion import fusion_config
-  out = Path(out).absolute()
-  out.mkdir(parents=True, exist_ok=True)
-  mngr = ocp.CheckpointManager(out, options=ocp.CheckpointManagerOptions(create=True), item_names=("params",))
-  mngr.save(0, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params)))
-  mngr.wait_until_finished()
-  mngr.close()
-  checkpoint.write_model_config(out, {"kind": "fusion", "model": fusion_config(model)})
-  return out
-
+from earthrep.data import windows as W
+from earthrep.inference import engine as engine_lib
+from earthrep.interop import torch_import
 
 def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, float]:
   from benchmarks.common import compiled_flops
@@ -111,7 +77,6 @@ def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, float]:
 
 def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = False, dates: str = "clear") -> dict:
   from data_prep.demo_world import make_site_cube
-  from earthrep import embed_core, windows as W
   cube = make_site_cube(seed, size=size, days=days)
   if clear_sky:   # every S2 pixel clear: every crop is shared (the fast path's best case)
     cube.cloud_mask[:] = 0
@@ -124,8 +89,8 @@ def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = Fa
   result = {"cube": f"{size}x{size}px {days}d {dates}{' clear-sky' if clear_sky else ''}", "dates": len(win),
             "pixel_dates": n_valid}
   share = engine.share_px_per_crop
-  paths = (("naive", embed_core.naive_tile, share), ("fast", embed_core.fast_tile, share),
-           ("fast_unshared", embed_core.fast_tile, 0))
+  paths = (("naive", engine_lib.naive_tile, share), ("fast", engine_lib.fast_tile, share),
+           ("fast_unshared", engine_lib.fast_tile, 0))
   for name, fn, share_px_per_crop in paths:
     engine.share_px_per_crop = share_px_per_crop
     warm = min(t, 4) if name == "naive" else t   # compile outside the timing (fast: the same shapes)
@@ -147,18 +112,17 @@ def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = Fa
 
 def main(argv=None) -> None:
   from benchmarks.common import matmul_ceiling, peak_rss_gb
-  from earthrep import embed_core
   parser = argparse.ArgumentParser()
   parser.add_argument("--full", action="store_true")
   parser.add_argument("--sizes", default="30x240,46x240,46x365,22x240:daily",
                       help="SIZExDAYS[:clear|:daily] cubes (dates mode of earthrep.embed, default clear)")
   parser.add_argument("--clear-sky", default="30x240", help="sizes also run with an all-clear cloud mask")
   parser.add_argument("--fill", default="frame", choices=("frame", "window"),
-                      help="the model's input fill (window = the reference's; see embed_core)")
+                      help="the model's input fill (window = the reference's; see inference.engine)")
   parser.add_argument("--batch", type=int, default=64)
   args = parser.parse_args(argv)
-  model, params = random_fusion(FULL if args.full else RUNLOCAL, fill=args.fill)
-  engine = embed_core.Engine(model, params, args.batch)
+  model, params = torch_import.random_fusion("" if args.full else "runlocal", fill=args.fill)
+  engine = engine_lib.Engine(model, params, args.batch)
   ceiling = matmul_ceiling()
   print(f"device {jax.devices()[0].device_kind} x{jax.device_count()}; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s; "
         f"model {'full' if args.full else 'runlocal'}, fill {args.fill}, batch {engine.batch}")

@@ -21,7 +21,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from earthrep import configs, optim, tasks, train  # noqa: E402
+from earthrep.training import configs, optim, tasks, trainer  # noqa: E402
 
 
 def random_batch(sensor: str, channels: int, b: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -40,7 +40,7 @@ def bench(sensor: str, size: str, batch: int, repeats: int) -> dict[str, float]:
   key = jax.random.key(0)
   params = jax.jit(task.init)(key, task.example_batch(batch))
   opt_state = tx.init(params)
-  step_fn = jax.jit(functools.partial(train._train_step, task, tx, config.optimizer))
+  step_fn = jax.jit(functools.partial(trainer.train_step, task, tx, config.optimizer))
   args = (params, opt_state, data, jnp.asarray(100, jnp.int32), jnp.asarray(1.0), key)
   flops = common.compiled_flops(step_fn, *args)
   t = common.time_call(lambda: step_fn(*args), warmup=1, repeats=repeats)

@@ -5,9 +5,9 @@
       [--scheduler ADDRESS | --workers N] [--resume] [--max-cloud 80] [--cloud-detector scl] [--auth ...]
 
 SITES.csv: site_id, lon, lat[, land_cover]. Writes `DIR/cubes/<site_id>/cube.zarr` atomically with
-`earthrep.cube.write_zarr` and `DIR/build_report.json` (per site: status built / skipped / failed with
+`earthrep.io.cube.write_zarr` and `DIR/build_report.json` (per site: status built / skipped / failed with
 the reason, dates, dropped items). A failing site is reported and the run goes on; the exit status is 1
-when any site failed. `--resume` skips sites whose cube reads back with `earthrep.cube.read_cube`.
+when any site failed. `--resume` skips sites whose cube reads back with `earthrep.io.cube.read_cube`.
 Search, grid, scaling and cloud mask: `stac_catalogs` and `stac_load`. S1 comes from `--s1-catalog`
 (default: the S2 catalogue where it has an RTC collection, else planetary-computer; `none` for none).
 Dask: `--scheduler ADDRESS` uses that dask.distributed cluster; else `--workers N` starts a LocalCluster
@@ -33,7 +33,8 @@ import numpy as np
 
 from data_prep import stac_catalogs as cat
 from data_prep import stac_load
-from earthrep import cube as cube_lib
+from earthrep.io import atomic
+from earthrep.io import cube as cube_lib
 from earthrep.schema import CLOUD_CLEAR, SiteCube, SiteMeta
 
 log = logging.getLogger("build_cubes")
@@ -187,9 +188,7 @@ def run(sites: Sequence[SiteMeta], out: str | Path, config: BuildConfig, catalog
   statuses = [s["status"] for s in report["sites"].values()]
   report["summary"] = {k: statuses.count(k) for k in ("built", "skipped", "failed")}
   report["seconds"] = round(time.time() - t_run, 2)
-  tmp = out / f".{REPORT}.tmp"
-  tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-  tmp.replace(out / REPORT)
+  atomic.write_text(out / REPORT, json.dumps(report, indent=2, default=str) + "\n")
   return report
 
 

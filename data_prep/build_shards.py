@@ -46,8 +46,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from earthrep import cube as cube_lib
-from earthrep import preprocess, provenance, schema
+from earthrep import schema
+from earthrep.data import preprocess
+from earthrep.errors import EarthrepError
+from earthrep.io import atomic
+from earthrep.io import cube as cube_lib
+from earthrep.io import provenance
 from earthrep.data.shards import SPLITS, is_shard_file, shard_filename
 
 log = logging.getLogger("build_shards")
@@ -59,7 +63,7 @@ WRITER_OPTIONS = "group_size:1"
 _CHUNK = 256   # candidates cut at a time (bounds memory for large cubes)
 
 
-class BuildError(RuntimeError):
+class BuildError(EarthrepError):
   pass
 
 
@@ -265,12 +269,6 @@ class SplitWriter:
 _code_version = provenance.code_version
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-  temp = path.with_name(f".{path.name}.partial")
-  temp.write_text(text)
-  os.replace(temp, path)
-
-
 def _clear_previous(out: Path) -> None:
   """Removes a previous build's metadata first (so a half-rebuilt directory never looks finished)."""
   (out / schema.SHARD_METADATA).unlink(missing_ok=True)
@@ -374,7 +372,7 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
                      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                      "command": " ".join(sys.argv)},
   }
-  _atomic_write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
+  atomic.write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
   return meta
 
 
@@ -407,7 +405,7 @@ def write_records(out: str | Path, spec: schema.RecordSpec, records: dict[str, I
           "provenance": {"code_version": _code_version(),
                          "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
           **(extra or {})}
-  _atomic_write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
+  atomic.write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
   return meta
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.special import ndtr
 
+from earthrep.io import atomic
+
 SPIN_UP_DAYS = 120
 BUCKET_MM = 150.0
 MISSING = -9999.0
@@ -195,7 +197,5 @@ def write_flux_csv(table: dict[str, np.ndarray], path: Path) -> Path:
     columns.append(np.where(values == MISSING, "-9999", text))
   rows = [",".join(row) for row in zip(*columns)]
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(",".join(FLUX_COLUMNS) + "\n" + "\n".join(rows) + "\n")
-  tmp.replace(path)
+  atomic.write_text(path, ",".join(FLUX_COLUMNS) + "\n" + "\n".join(rows) + "\n")
   return path

@@ -2,7 +2,7 @@
 
 `python -m data_prep.demo_world --out DIR --seed N [--size 64] [--sites 6] [--start 2019-01-01 --days 730]`
 writes `DIR/sites.csv` (site_id, lon, lat, land_cover, utm_epsg, flux_file relative to DIR), one Sentinel
-cube per site at `DIR/cubes/<site_id>/cube.zarr` (via `earthrep.cube.write_zarr`), daily FLUXNET2015
+cube per site at `DIR/cubes/<site_id>/cube.zarr` (via `earthrep.io.cube.write_zarr`), daily FLUXNET2015
 FULLSET files under `DIR/flux/` and `DIR/world.json` (the arguments). Sites sit at plausible European
 places with their UTM grid; the tower is the centre pixel of its cube and the land cover of the tower
 pixel is the site's. Each site combines `demo_landscape` (parcels, texture), `demo_weather` (meteorology,
@@ -236,7 +236,7 @@ def _remove_stale(out_dir: Path, site_ids: list[str]) -> None:
 def make_world(out_dir: str | Path, seed: int, size: int = 64, sites: int = 6, start: str = "2019-01-01",
                days: int = 730) -> list[str]:
   """Writes the world described in the module docstring; returns the site ids."""
-  from earthrep.cube import write_zarr   # the cube writer pulls in xarray/zarr
+  from earthrep.io.cube import write_zarr   # the cube writer pulls in xarray/zarr
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   rows = []

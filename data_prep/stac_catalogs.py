@@ -18,12 +18,13 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from earthrep.errors import EarthrepError
 from earthrep.schema import S2_BANDS
 
 SCL = "SCL"
 
 
-class BuildError(ValueError):
+class BuildError(EarthrepError):
   """A site or catalogue problem that stops one site (or, for catalogue set-up, the run)."""
 
 

@@ -31,8 +31,8 @@ import numpy as np
 import xarray as xr
 
 from data_prep import stac_catalogs as cat
-from earthrep import cube as cube_lib
-from earthrep import geotiff
+from earthrep.io import cube as cube_lib
+from earthrep.io import geotiff
 from earthrep.schema import (CLOUD_CLEAR, CLOUD_NODATA, CLOUD_SHADOW, CLOUD_THICK, CLOUD_THIN, ORBIT_DIRECTIONS,
                              PIXEL_SIZE_M, S1_BANDS, S2_BANDS)
 
@@ -94,7 +94,7 @@ class CloudDetector(Protocol):
   def __call__(self, s2_reflectance: xr.DataArray, scl: xr.DataArray) -> xr.DataArray: ...
 
 
-def _scl_classes(scl: np.ndarray, all_nan: np.ndarray) -> np.ndarray:
+def scl_classes(scl: np.ndarray, all_nan: np.ndarray) -> np.ndarray:
   scl = np.where(np.isfinite(scl), scl, 0).astype(np.uint8)
   return np.where(all_nan, CLOUD_NODATA, SCL_TO_CLOUD[scl]).astype(np.uint8)
 
@@ -104,7 +104,7 @@ class SclDetector:
 
   def __call__(self, s2_reflectance: xr.DataArray, scl: xr.DataArray) -> xr.DataArray:
     all_nan = s2_reflectance.isnull().all("band")
-    return xr.apply_ufunc(_scl_classes, scl, all_nan, dask="parallelized", output_dtypes=[np.uint8])
+    return xr.apply_ufunc(scl_classes, scl, all_nan, dask="parallelized", output_dtypes=[np.uint8])
 
 
 DETECTORS: dict[str, CloudDetector] = {"scl": SclDetector()}

@@ -1,7 +1,7 @@
 """The Sentinel cube contract and the shard record layout, shared by every writer and reader.
 
 A *site cube* is one site's S1 + S2 time series on a single UTM grid at 10 m. It lives in memory as
-`SiteCube` and on disk as a Zarr store (`<site_dir>/cube.zarr`, written by `earthrep.cube`) or as a
+`SiteCube` and on disk as a Zarr store (`<site_dir>/cube.zarr`, written by `earthrep.io.cube`) or as a
 folder of GeoTIFF/COG stacks. A *shard record* is one 15x15x11 training patch; its byte layout is
 fixed by `RecordSpec` so that `data_prep.build_shards` (writer) and `earthrep.data` (reader) cannot
 drift apart. Constants follow ../shared/reference/ARCHITECTURE.md sections a and f.
@@ -197,3 +197,16 @@ def datetime_to_days(t: np.ndarray) -> np.ndarray:
 
 def channel_names(modality: str) -> Sequence[str]:
   return {"s1": S1_BANDS, "s2": S2_BANDS, "fused": FUSED_BANDS}[modality]
+
+
+# ---------------------------------------------------------------------------------------------
+# Input fill: how NaNs in a patch are filled before it enters a model (part of a model's input contract;
+# `earthrep.data.preprocess.fill_patches` implements both).
+# ---------------------------------------------------------------------------------------------
+FILL_MODES = ("window", "frame")
+
+
+def check_fill(mode: str, name: str = "fill mode") -> None:
+  """Raises ValueError naming `name` unless `mode` is one of FILL_MODES."""
+  if mode not in FILL_MODES:
+    raise ValueError(f"{name} {mode!r}: expected one of {FILL_MODES}")

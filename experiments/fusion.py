@@ -17,7 +17,7 @@ short stage-1 runs bound it. `test` is tiny. A `_s2only` suffix
 (`:runlocal_s2only`) fuses the S2 autoencoder alone: the "without S1" comparison of
 `benchmarks/anyday_reconstruction.py`.
 """
-from earthrep import configs
+from earthrep.training import configs
 
 
 def get_config(arg=None):

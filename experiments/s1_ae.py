@@ -8,7 +8,7 @@ AE reached a validation centre MAE of 6.460e-4. `runlocal` (400 steps at batch 3
 2-core CPU) brings the validation centre MAE on the seed-0 demo region from 0.66 at step 0 to about 0.067
 (0.0678 / 0.0855 / 0.0670 / 0.0668 at steps 100-400; speckle bounds it from below). `test` is tiny.
 """
-from earthrep import configs
+from earthrep.training import configs
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ on a 2-core CPU) brings the validation centre MAE from 0.30 at step 0 to about 0
 seed-0 demo region, 1503 training patches: 0.0395 / 0.0421 / 0.0338 / 0.0350 at steps 100-400; the best
 checkpoint is kept). `test` is tiny and used by the test suite.
 """
-from earthrep import configs
+from earthrep.training import configs
 
 
 def get_config(arg=None):

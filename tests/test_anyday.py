@@ -4,17 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.embed_speed import TINY, random_fusion, save_fusion_dir
+from helpers import random_fusion, save_fusion_dir
 from data_prep.demo_world import make_site_cube
-from earthrep import anyday
-from earthrep import windows as W
+from earthrep.data import windows as W
+from earthrep.inference import anyday
 
 SIZE = 16
 
 
 @pytest.fixture(scope="module")
 def setup():
-  model, params = random_fusion(TINY)
+  model, params = random_fusion()
   cube = make_site_cube(0, size=SIZE, days=200)
   return model, params, cube, W.merge(cube)
 
@@ -54,6 +54,6 @@ def test_observation_on_the_day_is_hidden(setup):
 
 def test_s2_only_model(setup):
   _, _, cube, merged = setup
-  model, params = random_fusion(TINY, sensors=("s2",))
+  model, params = random_fusion(sensor_names=("s2",))
   res = anyday.embed_days(model, params, cube, 8, 8, W.daily_days(merged)[::30])
   assert res.valid.any() and np.isfinite(res.embedding[res.valid]).all()

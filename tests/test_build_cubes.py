@@ -16,7 +16,7 @@ pystac = pytest.importorskip("pystac")
 pytest.importorskip("odc.stac")
 
 from data_prep import build_cubes, demo_world, stac_catalogs, stac_load  # noqa: E402
-from earthrep import cube as cube_lib  # noqa: E402
+from earthrep.io import cube as cube_lib  # noqa: E402
 from earthrep.schema import CLOUD_CLEAR, CLOUD_NODATA, CLOUD_SHADOW, CLOUD_THICK, CLOUD_THIN  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -115,10 +115,10 @@ def test_cubes_feed_build_shards(built, tmp_path):
 def test_cubes_feed_embed(built, tmp_path):
   """A built cube is accepted by the feature-cube tool (tiny random fusion model)."""
   import xarray as xr
-  from benchmarks.embed_speed import random_fusion, save_fusion_dir
-  from earthrep import embed
+  from helpers import random_fusion, save_fusion_dir
+  from earthrep.inference import feature_cubes
   model_dir = save_fusion_dir(*random_fusion(), tmp_path / "model")
-  out = embed.embed_cube(str(model_dir), str(built["out"] / "cubes" / "A"), str(tmp_path / "A.zarr"),
+  out = feature_cubes.embed_cube(str(model_dir), str(built["out"] / "cubes" / "A"), str(tmp_path / "A.zarr"),
                          log=lambda msg: None)
   features = xr.open_zarr(out)["features"]
   assert features.sizes["feature"] == 7 and features.sizes["time"] > 0
@@ -208,11 +208,11 @@ def test_bad_inputs(world, tmp_path):
 
 def test_scl_mapping():
   scl = np.arange(13, dtype=np.float32)[None, :]
-  classes = stac_load._scl_classes(scl, np.zeros_like(scl, bool))[0]
+  classes = stac_load.scl_classes(scl, np.zeros_like(scl, bool))[0]
   expected = [CLOUD_NODATA, CLOUD_NODATA, CLOUD_SHADOW, CLOUD_SHADOW, CLOUD_CLEAR, CLOUD_CLEAR, CLOUD_CLEAR,
               CLOUD_CLEAR, CLOUD_THICK, CLOUD_THICK, CLOUD_THIN, CLOUD_CLEAR, CLOUD_NODATA]
   assert classes.tolist() == expected
-  assert stac_load._scl_classes(np.array([[4.0, np.nan]]), np.array([[True, False]])).tolist() == [[255, 255]]
+  assert stac_load.scl_classes(np.array([[4.0, np.nan]]), np.array([[True, False]])).tolist() == [[255, 255]]
 
 
 def test_band_names_harmonised():

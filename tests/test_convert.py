@@ -9,8 +9,10 @@ import jax
 import numpy as np
 import pytest
 
-from earthrep import checkpoint, convert
-from earthrep.models import torch_import
+from earthrep import convert as convert_cli
+from earthrep.interop import convert, torch_import
+from earthrep.io import checkpoint
+from earthrep.models.params import abstract_params
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
@@ -18,7 +20,7 @@ HAS_TORCH = importlib.util.find_spec("torch") is not None
 def _state_dict(model, seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32),
-                        torch_import.abstract_params(model))
+                        abstract_params(model))
   return torch_import.state_dict_from_params(model, params)
 
 
@@ -113,7 +115,7 @@ def test_corrupt_orbax_checkpoint_is_reported(tmp_path, s1):
 def test_cli_reports_errors(tmp_path, s1, capsys):
   _, sd = s1
   sd, _ = _broken(sd, "missing")
-  rc = convert.main(["--state-dict", _write_npz(tmp_path / "w.npz", sd), "--model", "s1_ae",
+  rc = convert_cli.main(["--state-dict", _write_npz(tmp_path / "w.npz", sd), "--model", "s1_ae",
                      "--out", str(tmp_path / "ckpt")])
   assert rc == 2 and "encoder.token_reducer.0.bias" in capsys.readouterr().err
 

@@ -15,9 +15,10 @@ from affine import Affine
 from rasterio.crs import CRS
 from scipy import ndimage
 
-from earthrep import cube as cube_io
-from earthrep import geotiff
-from earthrep.cube import CubeError
+from earthrep.io import atomic
+from earthrep.io import cube as cube_io
+from earthrep.io import geotiff
+from earthrep.io.cube import CubeError
 from earthrep.schema import S1_BANDS, S2_BANDS, ZARR_NAME, SiteCube, SiteMeta
 
 T33UUU = Path(__file__).parent / "data" / "t33uuu"
@@ -178,7 +179,7 @@ def test_existing_store_untouched_without_overwrite_and_on_failed_overwrite(tmp_
 def test_geotiff_writes_are_atomic_per_file_and_refuse_existing(tmp_path):
   target = tmp_path / "a.tif"
   with pytest.raises(RuntimeError):
-    with cube_io._atomic_target(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
       tmp.write_bytes(b"II*\x00 half a tiff")
       raise RuntimeError("crash")
   assert _entries(tmp_path) == []

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from data_prep import demo_landscape, demo_sensors, demo_weather, demo_world
-from earthrep import cube as cube_io
+from earthrep.io import cube as cube_io
 from earthrep.schema import CLOUD_CLEAR, CLOUD_SHADOW, CLOUD_THICK, CLOUD_THIN, S2_BANDS
 
 B02, B04, B08 = (S2_BANDS.index(b) for b in ("B02", "B04", "B08"))

@@ -8,18 +8,21 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from benchmarks.embed_speed import TINY, random_fusion, save_fusion_dir
+from helpers import random_fusion, save_fusion_dir
 from data_prep.demo_world import make_site_cube
-from earthrep import embed, embed_core
-from earthrep import windows as W
-from earthrep.cube import write_zarr
+from earthrep import embed
+from earthrep.data import windows as W
+from earthrep.inference import engine as engine_lib
+from earthrep.inference import feature_cubes
+from earthrep.io import feature_cube
+from earthrep.io.cube import write_zarr
 
 SIZE, DAYS = 18, 200     # output grid 4x4 (4 tiles of 2x2)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-  return random_fusion(TINY)
+  return random_fusion()
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +35,12 @@ def paths(tiny, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(tiny):
-  return embed_core.Engine(*tiny, batch=64)
+  return engine_lib.Engine(*tiny, batch=64)
 
 
 @pytest.fixture(scope="module")
 def window_engine():   # the reference's input fill: crops with clouds are re-encoded per window
-  return embed_core.Engine(*random_fusion(TINY, fill="window"), batch=64)
+  return engine_lib.Engine(*random_fusion(fill="window"), batch=64)
 
 
 ALWAYS_SHARE = 10 ** 6   # share_px_per_crop: clean crops always go through models.crop_share
@@ -46,7 +49,7 @@ ALWAYS_SHARE = 10 ** 6   # share_px_per_crop: clean crops always go through mode
 @pytest.fixture(scope="module")
 def local_run(paths):
   model_dir, cube, root = paths
-  out = embed.embed_cube(str(model_dir), str(cube), str(root / "local.zarr"), tile=2, batch=64,
+  out = feature_cubes.embed_cube(str(model_dir), str(cube), str(root / "local.zarr"), tile=2, batch=64,
                          geotiff=str(root / "tifs"), quicklook="2019-04-01")
   with xr.open_zarr(out, consolidated=False) as ds:
     return out, ds.load()
@@ -71,11 +74,11 @@ def test_fast_equals_naive(engine, window_engine, mode, fill, share):
     local = W.Merged(merged.s2_thwc[:, 1:18, 0:17], merged.s2_time, merged.s1_uhwc[:, 1:18, 0:17],
                      merged.s1_time)
   t = local.s2_thwc.shape[1] - 14
-  naive = embed_core.naive_tile(engine, local, win, t, t)
+  naive = engine_lib.naive_tile(engine, local, win, t, t)
   for s in engine.model.sensors:   # computed once per engine; not counted below
     engine.empty_feature(s)
   engine.calls.clear()
-  fast = embed_core.fast_tile(engine, local, win, t, t)
+  fast = engine_lib.fast_tile(engine, local, win, t, t)
   # with sharing, the crops take models.crop_share (cloudy ones with their hole term under "frame" fill);
   # "window" fill re-encodes cloudy crops per window with the plain encoder
   calls = engine.calls
@@ -99,7 +102,7 @@ def test_zarr_layout(local_run, paths):
   assert (f.attrs.get("grid_mapping") or f.encoding.get("grid_mapping")) == "spatial_ref"
   gm = ds["spatial_ref"].attrs
   c, a, _, top, _, e = (float(v) for v in gm["GeoTransform"].split())
-  from earthrep.cube import read_cube
+  from earthrep.io.cube import read_cube
   src = read_cube(cube)
   assert a == 10 and e == -10 and c == src.transform[2] + 70 and top == src.transform[5] - 70
   assert "UTM" in gm["crs_wkt"] or "32632" in gm["crs_wkt"]
@@ -122,29 +125,28 @@ def test_geotiffs_and_quicklook(local_run):
     np.testing.assert_array_equal(src.read(), ds["features"].isel(time=0).values)
   assert (out.parent / f"{out.name}.2019-04-01.png").stat().st_size > 1000
   counts = np.isfinite(ds["features"].isel(feature=0).values).sum(axis=(1, 2))   # --quicklook auto
-  assert np.datetime64(embed.best_date(out)) == ds["time"].values[np.argmax(counts)].astype("datetime64[D]")
+  assert np.datetime64(feature_cubes.best_date(out)) == ds["time"].values[np.argmax(counts)].astype("datetime64[D]")
 
 
 def test_resume_skips_finished_tiles_and_gives_the_same_store(local_run, paths, monkeypatch):
   model_dir, cube, root = paths
   out = root / "resumed.zarr"
-  real_write, writes = embed._write_region, []
+  real_write, writes = feature_cube.write_region, []
 
   def failing(store, block, y0, x0):
     if len(writes) == 2:
       raise OSError(28, "No space left on device")
     writes.append((y0, x0))
     real_write(store, block, y0, x0)
-  monkeypatch.setattr(embed, "_write_region", failing)
-  with pytest.raises(embed.EmbedError, match="No space left"):
-    embed.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64, resume=True)
+  monkeypatch.setattr(feature_cube, "write_region", failing)
+  with pytest.raises(feature_cubes.EmbedError, match="No space left"):
+    feature_cubes.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64, resume=True)
   assert not out.exists() and (root / f".{out.name}.partial").exists()
-  monkeypatch.setattr(embed, "_write_region", real_write)
-  engine_state = embed._STATE.copy()
-  (job, (eng, *_)), = engine_state.items()
-  eng.calls.clear()
-  embed.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64, resume=True)
-  assert eng.calls["tiles"] == 2                      # 4 tiles, 2 were finished
+  monkeypatch.setattr(feature_cube, "write_region", real_write)
+  runners, real_runner = [], feature_cubes.TileRunner
+  monkeypatch.setattr(feature_cubes, "TileRunner", lambda job: runners.append(real_runner(job)) or runners[-1])
+  feature_cubes.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64, resume=True)
+  assert runners[0].state[0].calls["tiles"] == 2      # 4 tiles, 2 were finished
   with xr.open_zarr(out, consolidated=False) as ds:
     np.testing.assert_array_equal(ds["features"].values, local_run[1]["features"].values)
 
@@ -154,9 +156,9 @@ def test_failure_without_resume_leaves_nothing(paths, monkeypatch):
   out = root / "full_disk.zarr"
   def failing(*_):
     raise OSError(28, "No space left on device")
-  monkeypatch.setattr(embed, "_write_region", failing)
-  with pytest.raises(embed.EmbedError, match=f"tile .*No space left"):
-    embed.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64)
+  monkeypatch.setattr(feature_cube, "write_region", failing)
+  with pytest.raises(feature_cubes.EmbedError, match=f"tile .*No space left"):
+    feature_cubes.embed_cube(str(model_dir), str(cube), str(out), tile=2, batch=64)
   assert not list(root.glob(f"*{out.name}*"))
 
 
@@ -165,7 +167,7 @@ def test_dask_cluster_equals_local(local_run, paths):
   model_dir, cube, root = paths
   with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                 dashboard_address=None) as cluster:
-    out = embed.embed_cube(str(model_dir), str(cube), str(root / "dask.zarr"), tile=2, batch=64,
+    out = feature_cubes.embed_cube(str(model_dir), str(cube), str(root / "dask.zarr"), tile=2, batch=64,
                            scheduler=cluster.scheduler_address)
   with xr.open_zarr(out, consolidated=False) as ds:
     np.testing.assert_array_equal(ds["features"].values, local_run[1]["features"].values)
@@ -174,21 +176,21 @@ def test_dask_cluster_equals_local(local_run, paths):
 def test_bad_inputs(paths, tmp_path, local_run):
   model_dir, cube, root = paths
   assert embed.main(["--model", str(model_dir), "--cube", str(cube), "--out", str(local_run[0])]) == 2
-  with pytest.raises(embed.EmbedError, match="exists"):
-    embed.embed_cube(str(model_dir), str(cube), str(local_run[0]))
+  with pytest.raises(feature_cubes.EmbedError, match="exists"):
+    feature_cubes.embed_cube(str(model_dir), str(cube), str(local_run[0]))
   # no valid window: a short cube
   short = write_zarr(make_site_cube(1, size=SIZE, days=25), tmp_path / "short")
   with pytest.raises(W.WindowError, match="no valid window"):
-    embed.embed_cube(str(model_dir), str(short), str(tmp_path / "a.zarr"))
+    feature_cubes.embed_cube(str(model_dir), str(short), str(tmp_path / "a.zarr"))
   # channel mismatch
-  bad = save_fusion_dir(*random_fusion(TINY, s2_channels=4), tmp_path / "bad_model")
-  with pytest.raises(embed_core.ModelError, match="s2.channels"):
-    embed.embed_cube(str(bad), str(cube), str(tmp_path / "b.zarr"))
+  bad = save_fusion_dir(*random_fusion(channels={"s2": 4}), tmp_path / "bad_model")
+  with pytest.raises(engine_lib.ModelError, match="s2.channels"):
+    feature_cubes.embed_cube(str(bad), str(cube), str(tmp_path / "b.zarr"))
   # autoencoders trained with different input fills
-  model, params = random_fusion(TINY)
+  model, params = random_fusion()
   mixed = model.clone(autoencoders=(model.autoencoders[0].clone(fill="window"), model.autoencoders[1]))
-  with pytest.raises(embed_core.ModelError, match="different input fills"):
-    embed.embed_cube(str(save_fusion_dir(mixed, params, tmp_path / "mixed")), str(cube), str(tmp_path / "c.zarr"))
+  with pytest.raises(engine_lib.ModelError, match="different input fills"):
+    feature_cubes.embed_cube(str(save_fusion_dir(mixed, params, tmp_path / "mixed")), str(cube), str(tmp_path / "c.zarr"))
   # a model fusing S1 on a cube without S1
   no_s1 = make_site_cube(0, size=SIZE, days=DAYS)
   no_s1.s1_gamma0, no_s1.s1_time = no_s1.s1_gamma0[:0], no_s1.s1_time[:0]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from earthrep import flux
+from earthrep.io import flux
 from tests.conftest import run_module
 
 DATA = Path(__file__).parent / "data" / "flux"

@@ -8,7 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from earthrep import checkpoint, configs, schema, sensors, train
+from earthrep import schema, sensors
+from earthrep.io import checkpoint
+from earthrep.training import configs
+from earthrep.training import trainer as train
 from earthrep.data import shards as shards_lib
 
 
@@ -120,9 +123,9 @@ def _toy_records(fused_dir, split):
 
 
 def test_a_toy_third_sensor_trains_stage1_then_fusion_leaves_s1_s2_frozen(
-    stage1_workdirs, tiny_shards, tmp_path, monkeypatch):
+    stage1_workdirs, tiny_shards, tmp_path, request):
   from data_prep import build_shards
-  monkeypatch.setattr(sensors, "_REGISTRY", dict(sensors._REGISTRY))   # register for this test only
+  request.addfinalizer(lambda: sensors.unregister(TOY))   # registered for this test only
   sensors.register(sensors.Sensor(
       name=TOY, bands=("NDVI",), scaling="(NDVI + 1) / 2 of the S2 B08/B04 reflectances",
       stage1=dict(channels=1, bottleneck=1, reduced_tokens=3),

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from earthrep.gpp import baselines, evaluate, features, regressors
+from earthrep.evaluation import baselines, features, regressors
+from earthrep.evaluation import splits as evaluate
 
 
 def test_footprint_mask_and_mean():
@@ -157,8 +158,8 @@ def test_transformer_learns_simple_relation():
 def _fake_feature_cube(cube_path: Path, out: Path) -> None:
   """A feature cube in earthrep.embed's layout: (feature, time, y, x) on the grid without its 7-px border."""
   import xarray as xr
-  from earthrep.cube import pixel_centre_coords, read_cube
-  from earthrep.preprocess import prepare_s2
+  from earthrep.data.preprocess import prepare_s2
+  from earthrep.io.cube import pixel_centre_coords, read_cube
   cube = read_cube(cube_path)
   h, w = cube.shape_hw
   x, y = pixel_centre_coords(cube.transform, h, w)
@@ -176,7 +177,7 @@ def _fake_feature_cube(cube_path: Path, out: Path) -> None:
 
 def test_end_to_end_baselines_and_fake_embedding(tmp_path):
   from data_prep import demo_world
-  from earthrep.gpp.__main__ import main
+  from earthrep.gpp import main
   world = tmp_path / "world"
   site_ids = demo_world.make_world(world, seed=5, size=32, sites=3, start="2019-01-01", days=365)
   feature_dir = tmp_path / "feature_cubes"

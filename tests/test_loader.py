@@ -13,8 +13,9 @@ from array_record.python.array_record_module import ArrayRecordReader
 
 from data_prep import build_shards as bs
 from data_prep import demo_world
-from earthrep import cube as cube_lib
-from earthrep import data, preprocess, schema
+from earthrep import data, schema
+from earthrep.data import preprocess
+from earthrep.io import cube as cube_lib
 
 LAND_COVERS = ("CRO", "DBF", "ENF", "GRA", "MF")
 
@@ -121,6 +122,12 @@ def test_one_epoch_is_a_global_shuffle(fused_dir):
 
 @pytest.mark.parametrize("worker_count", [0, 1])
 def test_resume_from_iterator_state(fused_dir, worker_count):
+  if worker_count:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      with pytest.raises(ValueError, match="parsed absl flags"):   # the library leaves flags to the program
+        data.make_loader(fused_dir, "train", global_batch_size=4, seed=5, worker_count=worker_count)
+      flags.FLAGS.mark_as_parsed()   # what a notebook or test does (absl.app.run parses them)
   kwargs = dict(global_batch_size=4, seed=5, worker_count=worker_count, hide_centre_prob=0.5)
   k, n = (9, 6) if worker_count == 0 else (2, 2)   # 15 batches cross an epoch (~50 records)
   it = iter(data.make_loader(fused_dir, "train", **kwargs))

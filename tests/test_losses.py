@@ -1,4 +1,4 @@
-"""Tests of earthrep.losses: parity with the reference loss vectors, the default-mode `center` fix,
+"""Tests of earthrep.training.losses: parity with the reference loss vectors, the default-mode `center` fix,
 NaN-free gradients at the degenerate points (perfect reconstruction, empty mask) and the fusion objective.
 
 Vectors are read from $EARTHREP_REFERENCE_VECTORS (default `<repo>/../shared/reference/vectors`); they are
@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from earthrep import losses
+from earthrep import sensors
+from earthrep.training import losses
 
 VECTORS_DIR = os.environ.get(
     "EARTHREP_REFERENCE_VECTORS",
@@ -24,8 +25,8 @@ needs_vectors = pytest.mark.skipif(not os.path.isdir(VECTORS_DIR),
 
 TOL_PLAIN = 1e-6   # mae, ssim, center, totals without SAM (vectors/README.md)
 TOL_SAM = 1e-4     # sam and totals containing SAM
-AE_CONFIGS = {"stage1": losses.STAGE1_WEIGHTS, "full": losses.CLASS_DEFAULT_WEIGHTS,
-              "center175": losses.FUSION_WEIGHTS["s2"]}
+AE_CONFIGS = {"stage1": sensors.STAGE1_LOSS, "full": losses.CLASS_DEFAULT_WEIGHTS,
+              "center175": sensors.get("s2").fusion_loss}
 
 
 def _load(name: str) -> dict[str, np.ndarray]:
@@ -85,7 +86,7 @@ def test_fusion_loss_matches_reference():
   for sensor in ("s1", "s2"):
     for term in losses.TERMS:
       np.testing.assert_allclose(got[f"{sensor}/{term}"], vec[f"loss/{sensor}/{term}"], rtol=0,
-                                 atol=_tolerance(term, losses.FUSION_WEIGHTS[sensor]),
+                                 atol=_tolerance(term, sensors.get(sensor).fusion_loss),
                                  err_msg=f"loss/{sensor}/{term}")
   np.testing.assert_allclose(got["total"], vec["loss/total"], rtol=0, atol=TOL_SAM)
   np.testing.assert_allclose(got["val_metric"], vec["loss/val_metric"], rtol=0, atol=TOL_PLAIN)
@@ -140,7 +141,7 @@ def test_disabled_terms_are_zero_and_total_combines_lambdas():
 
 def test_jit_matches_eager():
   output, target, mask = _random_case(2)
-  fn = functools.partial(losses.context_aware_loss, **losses.FUSION_WEIGHTS["s2"])
+  fn = functools.partial(losses.context_aware_loss, **sensors.get("s2").fusion_loss)
   with jax.default_matmul_precision("highest"):
     eager, jitted = fn(output, target, mask), jax.jit(fn)(output, target, mask)
   for term in losses.TERMS:
@@ -170,8 +171,8 @@ def test_gradients_finite_at_perfect_reconstruction_and_zero_spectra():
       assert np.all(np.isfinite(grad))
   # The clamped acos itself: exact value, finite derivative at and beyond +-1.
   cos = jnp.float32([-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5])
-  np.testing.assert_allclose(losses._clamped_acos(cos), np.arccos(np.clip(cos, -1, 1)), rtol=1e-6)
-  slope = jax.vmap(jax.grad(losses._clamped_acos))(cos)
+  np.testing.assert_allclose(losses.clamped_acos(cos), np.arccos(np.clip(cos, -1, 1)), rtol=1e-6)
+  slope = jax.vmap(jax.grad(losses.clamped_acos))(cos)
   assert np.all(np.isfinite(slope))
   np.testing.assert_allclose(slope[2:5], -1 / np.sqrt(1 - np.float32([0.5, 0.0, 0.5]) ** 2), rtol=1e-6)
 
@@ -202,28 +203,29 @@ def test_all_masked_sample_and_masked_gradient():
 
 
 def test_fusion_loss_three_sensors_and_default_weights():
-  sensors = {"s1": 2, "s2": 10, "toy": 3}
-  cases = {s: _random_case(10 + i, batch=2, channels=c) for i, (s, c) in enumerate(sensors.items())}
-  recon, target, mask = ({s: cases[s][j] for s in sensors} for j in range(3))
+  """Registered sensors take their registry weights; an unregistered one needs explicit weights."""
+  channels = {"s1": 2, "s2": 10, "toy": 3}
+  cases = {s: _random_case(10 + i, batch=2, channels=c) for i, (s, c) in enumerate(channels.items())}
+  recon, target, mask = ({s: cases[s][j] for s in channels} for j in range(3))
+  custom = dict(lambda_mae=0.5, lambda_ssim=0.1, lambda_sam=0.4, center_mae=3.0)
   with jax.default_matmul_precision("highest"):
-    got = losses.fusion_loss(recon, target, mask)
-    expected = {s: losses.context_aware_loss(*cases[s], **losses.FUSION_WEIGHTS.get(s, losses.STAGE1_WEIGHTS))
-                for s in sensors}
-    toy_stage1 = losses.context_aware_loss(*cases["toy"], lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0,
-                                           center_mae=1.0)
-    custom = dict(lambda_mae=0.5, lambda_ssim=0.1, lambda_sam=0.4, center_mae=3.0)
+    got = losses.fusion_loss(recon, target, mask, weights={"toy": sensors.STAGE1_LOSS})
+    expected = {s: losses.context_aware_loss(*cases[s], **sensors.get(s).fusion_loss) for s in ("s1", "s2")}
+    expected["toy"] = losses.context_aware_loss(*cases["toy"], lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0,
+                                                center_mae=1.0)
     got_custom = losses.fusion_loss(recon, target, mask, weights={"toy": custom})
     toy_custom = losses.context_aware_loss(*cases["toy"], **custom)
-  for s in sensors:
+  for s in channels:
     for term in losses.TERMS:
       np.testing.assert_array_equal(got[f"{s}/{term}"], expected[s][term], err_msg=f"{s}/{term}")
   for term in losses.TERMS:
-    np.testing.assert_array_equal(got[f"toy/{term}"], toy_stage1[term])
     np.testing.assert_array_equal(got_custom[f"toy/{term}"], toy_custom[term])
   assert float(got["s1/sam"]) == 0.0 and float(got["s2/sam"]) > 0.0 and float(got["toy/ssim"]) == 0.0
-  np.testing.assert_allclose(got["total"], np.mean([expected[s]["total"] for s in sensors]), rtol=1e-6)
-  np.testing.assert_allclose(got["val_metric"], np.mean([expected[s]["center"] for s in sensors]), rtol=1e-6)
+  np.testing.assert_allclose(got["total"], np.mean([expected[s]["total"] for s in channels]), rtol=1e-6)
+  np.testing.assert_allclose(got["val_metric"], np.mean([expected[s]["center"] for s in channels]), rtol=1e-6)
   np.testing.assert_array_equal(got_custom["s2/total"], got["s2/total"])
+  with pytest.raises(KeyError, match="unknown sensor 'toy'"):
+    losses.fusion_loss(recon, target, mask)
   with pytest.raises(ValueError):
     losses.fusion_loss(recon, {"s1": target["s1"]}, mask)
   with pytest.raises(ValueError):

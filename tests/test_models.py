@@ -9,7 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from earthrep.models import blocks, torch_import
+from earthrep.interop import torch_import
+from earthrep.models import blocks
+from earthrep.models.params import abstract_params, example_inputs
 from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config, frame_positions
 from earthrep.models.fusion import FusionModel, fusion_config, fusion_from_config
 
@@ -41,7 +43,7 @@ def _full_fusion() -> FusionModel:
 @pytest.mark.parametrize("channels,bottleneck,tokens,count", [(2, 2, 7, 3_712_061), (10, 9, 6, 3_726_109)])
 def test_full_size_ae_counts_and_shapes(channels, bottleneck, tokens, count):
   model = TransformerAE(channels, bottleneck, tokens)
-  params = torch_import.abstract_params(model)
+  params = abstract_params(model)
   assert _count(params) == count   # the reference's unique (deduplicated) parameter count
   assert params["time_table"]["embedding"].shape == (201, 256)
   x, gaps = _inputs(channels, 3)
@@ -51,7 +53,7 @@ def test_full_size_ae_counts_and_shapes(channels, bottleneck, tokens, count):
 
 def test_full_size_fusion_counts_and_subtrees():
   model = _full_fusion()
-  params = torch_import.abstract_params(model)
+  params = abstract_params(model)
   fusion_only = _count(params) - _count(params["ae_s1"]) - _count(params["ae_s2"])
   # Reference fusion-only count 314,079 includes its unused bottleneck_expander (7*128 + 128 = 1,024).
   assert fusion_only == 314_079 - 1_024
@@ -59,10 +61,10 @@ def test_full_size_fusion_counts_and_subtrees():
     sub = params
     for k in model.sensor_param_path(sensor):
       sub = sub[k]
-    stage1 = torch_import.abstract_params(ae)
+    stage1 = abstract_params(ae)
     assert jax.tree.structure(sub) == jax.tree.structure(stage1)
     assert jax.tree.map(lambda a, b: a.shape == b.shape, sub, stage1) == jax.tree.map(lambda _: True, stage1)
-  inputs, offsets = torch_import.example_inputs(model, batch=2)
+  inputs, offsets = example_inputs(model, batch=2)
   out = jax.eval_shape(lambda p: model.apply({"params": p}, inputs, offsets, train=False), params)
   assert out["zf"].shape == (2, 7)
   assert out["recon"]["s1"].shape == (2, 11, 15, 15, 2) and out["recon"]["s2"].shape == (2, 11, 15, 15, 10)
@@ -214,7 +216,7 @@ def test_crop_share_matches_the_encoder_on_every_crop():
   """crop_share (block-1 maps once per image, gathered per crop, plus each crop's hole term) == the
   "frame"-filled ConvEncoder on each crop, for crops touching every image border (every pair of edge
   classes), with and without holes."""
-  from earthrep import preprocess
+  from earthrep.data import preprocess
   from earthrep.models import crop_share
   model = TransformerAE(10, 9, 6, **TINY)
   params = _random_params(model)

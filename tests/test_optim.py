@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from earthrep import configs, optim
+from earthrep.training import configs, optim
 
 
 def _cfg(**kw):
@@ -58,18 +58,41 @@ def test_frozen_params_get_no_update_and_no_state():
   n_state = sum(x.size for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0)
   assert n_state == 2 * 4  # Adam mu and nu of the trained (4,) leaf only
   grads = jax.tree.map(jnp.ones_like, params)
-  state = optim.set_learning_rate(state, jnp.asarray(0.1))
   updates, _ = tx.update(grads, state, params)
-  new = optax.apply_updates(params, updates)
+  new = optax.apply_updates(params, optim.scale_updates(updates, jnp.asarray(0.1)))
   np.testing.assert_array_equal(new["enc"]["w"], params["enc"]["w"])
   assert not np.array_equal(new["fusion"]["w"], params["fusion"]["w"])
   assert optim.count_params(params, trainable) == 4 and optim.count_params(params) == 16
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0])
-def test_set_learning_rate_drives_adamw(clip_norm):
+def test_learning_rate_scaled_updates_are_optax_adamw_bitwise(clip_norm):
+  """make_optimizer + scale_updates(lr) == optax.adamw(lr) with float32 hyper-parameters (after the same
+  clipping), bit for bit, over steps whose learning rate changes (warm-up, plateau): optax.adamw keeps no
+  lr in its state, so a fresh one per step continues from the same moments."""
+  cfg = _cfg(weight_decay=0.01, clip_norm=clip_norm)
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(5, 3)), jnp.float32), "b": jnp.asarray(rng.normal(size=3), jnp.float32)}
+  ours = optim.make_optimizer(cfg)
+  p_ours = p_ref = params
+  ours_state = ours.init(params)
+  for step, lr in enumerate([1e-3, 5e-4, 2e-3, 2e-3]):
+    grads = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), params)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)
+    ref = optax.adamw(lr, b1=f32(0.9), b2=f32(0.999), eps=f32(1e-8), weight_decay=f32(cfg.weight_decay))
+    ref = optax.chain(optax.clip_by_global_norm(clip_norm), ref) if clip_norm else ref
+    if step == 0:
+      ref_state = ref.init(params)
+    updates, ours_state = ours.update(grads, ours_state, p_ours)
+    p_ours = optax.apply_updates(p_ours, optim.scale_updates(updates, jnp.asarray(lr, jnp.float32)))
+    ref_updates, ref_state = ref.update(grads, ref_state, p_ref)
+    p_ref = optax.apply_updates(p_ref, ref_updates)
+    for k in params:
+      np.testing.assert_array_equal(p_ours[k], p_ref[k], err_msg=f"step {step} {k}")
+
+
+def test_first_adamw_step_is_minus_lr_times_sign():
   params = {"w": jnp.ones((2,))}
-  tx = optim.make_optimizer(_cfg(weight_decay=0.0, clip_norm=clip_norm))
-  state = optim.set_learning_rate(tx.init(params), jnp.asarray(0.5))
-  updates, _ = tx.update({"w": jnp.asarray([1.0, -1.0])}, state, params)
-  np.testing.assert_allclose(updates["w"], [-0.5, 0.5], rtol=1e-6)  # first Adam step = -lr * sign(g)
+  tx = optim.make_optimizer(_cfg(weight_decay=0.0, clip_norm=1.0))
+  updates, _ = tx.update({"w": jnp.asarray([1.0, -1.0])}, tx.init(params), params)
+  np.testing.assert_allclose(optim.scale_updates(updates, jnp.asarray(0.5))["w"], [-0.5, 0.5], rtol=2e-7)

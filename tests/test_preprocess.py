@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from earthrep import preprocess
+from earthrep.data import preprocess
 
 VECTORS = Path(os.environ.get("EARTHREP_REFERENCE_VECTORS",
                               Path(__file__).resolve().parents[2] / "shared" / "reference" / "vectors"))

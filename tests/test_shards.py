@@ -11,8 +11,9 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader
 
 from data_prep import build_shards as bs
-from earthrep import cube as cube_lib
-from earthrep import preprocess, schema
+from earthrep import schema
+from earthrep.data import preprocess
+from earthrep.io import cube as cube_lib
 from earthrep.data import shards as shards_lib
 
 SIZE, N_CUBES = 48, 5

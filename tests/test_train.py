@@ -13,7 +13,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO, run_module
-from earthrep import checkpoint, configs, train
+from earthrep.io import checkpoint
+from earthrep.training import configs
+from earthrep.training import trainer as train
 
 
 def _test_config(sensor: str, data_dir, **overrides):
@@ -102,7 +104,8 @@ def test_sigkill_and_resume_reaches_bitwise_same_params(tiny_shards, tmp_path):
 def test_same_loss_on_one_and_two_devices(tiny_shards):
   script = textwrap.dedent(f"""
       import jax, jax.numpy as jnp, numpy as np
-      from earthrep import configs, data, parallel, tasks
+      from earthrep import data, parallel
+      from earthrep.training import configs, tasks
       config = configs.stage1_config("s2", "test")
       config.data_dir = {str(tiny_shards("s2"))!r}
       task = tasks.make_task(config)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data_prep.demo_world import make_site_cube
-from earthrep import windows as W
+from earthrep.data import windows as W
 from earthrep.schema import datetime_to_days
 
 

@@ -1,4 +1,5 @@
-"""Reading training shards: validated shard sets, the Grain training loader and exact evaluation batches.
+"""Model inputs: the reference's input rules (`preprocess`), the windows of a site cube (`windows`), and the
+training shards (`shards`, the Grain `loader`).
 
 Shards are written by `data_prep.build_shards` with the record layout of `earthrep.schema.RecordSpec`;
 see `earthrep.data.loader` for the batch dict keys and the resume contract.

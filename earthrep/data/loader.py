@@ -3,7 +3,7 @@
 Per record: decode (`RecordSpec`), optionally mark the centre frame of `hide_sensor` as hidden
 (a `RandomMapTransform`: its draw comes from the sampler's per-position Philox stream, so it is fixed by
 `seed` and the position in the sampled stream and changes from epoch to epoch); per batch: fill NaNs
-(`preprocess.fill_patches` with `fill`: "window" = the reference's per-sample, per-channel mean, "frame" =
+(`earthrep.data.preprocess.fill_patches` with `fill`: "window" = the reference's per-sample, per-channel mean, "frame" =
 the per-frame mean the models' `fill` field selects by default), compute masks and time gaps. A batch is a
 dict of numpy arrays, for each sensor present (`s2`, `s1`; fused data has both):
   `{s}_x` float32 (b, 11, 15, 15, c)   filled input; a hidden centre frame is NaN before filling, so it
@@ -34,7 +34,8 @@ import grain.python as grain
 import numpy as np
 from absl import flags
 
-from earthrep import preprocess, schema
+from earthrep import schema
+from earthrep.data import preprocess
 from earthrep.data.shards import ShardSet, open_shards
 
 # Records are ~100 KiB: a few reader threads keep up with local disks; Grain's default (16 threads,
@@ -125,7 +126,7 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
   """
   shards = open_shards(data_dir, split)
   _check_hide(shards, hide_centre_prob, hide_sensor)
-  preprocess.check_fill(fill, "fill")
+  schema.check_fill(fill, "fill")
   if shard_index is None or shard_count is None:
     import jax
     shard_index = jax.process_index() if shard_index is None else shard_index
@@ -138,9 +139,10 @@ def make_loader(data_dir: str | Path, split: str, *, global_batch_size: int, see
     raise ValueError(f"{data_dir} split {split!r}: {num_epochs} epoch(s) of {shards.count} records give no "
                      f"full batch of {per_host} on each of {shard_count} hosts")
   if worker_count > 0 and not flags.FLAGS.is_parsed():
-    # Grain's worker start-up reads its absl flags; outside an absl app they are unparsed (an error), so
-    # take their defaults. A later `absl.app.run` still parses the command line normally.
-    flags.FLAGS.mark_as_parsed()
+    # Grain's worker start-up reads its absl flags. Parsing them is the program's business (absl.app.run
+    # does it; a notebook or test calls `absl.flags.FLAGS.mark_as_parsed()`), not this library's.
+    raise ValueError(f"worker_count={worker_count}: Grain worker processes need parsed absl flags; run under "
+                     "absl.app.run or call absl.flags.FLAGS.mark_as_parsed() before building the loader")
   shard_options = grain.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])
   sampler = grain.IndexSampler(num_records=len(source), shard_options=shard_options, shuffle=shuffle,
@@ -159,11 +161,12 @@ def eval_batches(data_dir: str | Path, split: str, batch_size: int, *, hide_cent
                  hide_sensor: str = "s2", seed: int = 0, fill: str = "window"
                  ) -> Iterator[dict[str, np.ndarray]]:
   """Every record of `split` exactly once, in file order, in batches of `batch_size` (the last one
-  padded with copies of its last record, `weight` 0). Hiding, if asked, is drawn from
-  Philox(seed + record index), so it is the same on every call and every host."""
+  padded with copies of its last record, `weight` 0). Hiding, if asked, is drawn from the stream
+  SeedSequence([seed, record index]) (independent streams for every seed and record), so it is the same
+  on every call and every host."""
   shards = open_shards(data_dir, split)
   _check_hide(shards, hide_centre_prob, hide_sensor)
-  preprocess.check_fill(fill, "fill")
+  schema.check_fill(fill, "fill")
   if batch_size <= 0:
     raise ValueError(f"batch_size {batch_size} must be positive")
   source = grain.ArrayRecordDataSource([str(p) for p in shards.paths])
@@ -176,7 +179,7 @@ def eval_batches(data_dir: str | Path, split: str, batch_size: int, *, hide_cent
     records += [records[-1]] * (batch_size - n_real)
     batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
     if hide_centre_prob > 0:
-      draws = [np.random.Generator(np.random.Philox(key=seed + k)).random() for k in keys]
+      draws = [np.random.default_rng(np.random.SeedSequence([seed, k])).random() for k in keys]
       batch[f"{hide_sensor}_hidden"] = np.array(draws + [1.0] * (batch_size - n_real)) < hide_centre_prob
     out = finalize_batch(batch, sensors, fill)
     out["weight"] = (np.arange(batch_size) < n_real).astype(np.float32)

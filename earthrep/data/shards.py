@@ -18,12 +18,13 @@ from typing import Any
 from array_record.python.array_record_module import ArrayRecordReader
 
 from earthrep import schema
+from earthrep.errors import EarthrepError
 
 SPLITS = ("train", "validation", "test")
 _SHARD_RE = re.compile(r".*\.array_record-\d{5}-of-\d{5}$")
 
 
-class ShardError(ValueError):
+class ShardError(EarthrepError):
   """A shard directory is missing, incomplete, corrupt, or was written with another layout."""
 
 

@@ -9,7 +9,9 @@ decoder mirrors this; the transformer and the time table are one instance shared
 With `reference_batch_mixing=True` the encoder transformer attends across the samples of the batch (frames
 act as the batch), which reproduces the reference (to float32 rounding) but makes z depend on the other
 samples; the default attends over the 11 frames of each sample. `fill` records how the inputs are
-NaN-filled ("window" as the reference, "frame" the earthrep default; `preprocess.fill_patches`). Dropout uses the `'dropout'` RNG stream. Intermediates are sown into `'intermediates'`.
+NaN-filled ("window" as the reference, "frame" the earthrep default; `earthrep.data.preprocess.fill_patches`).
+`encode` = `encode_features(conv_features(x))`; the embedders call the two halves separately to reuse
+per-frame features. Dropout uses the `'dropout'` RNG stream. Intermediates are sown into `'intermediates'`.
 
 Dimension letters: B batch, T frames (11), G = T - 1 time gaps, H/W rows/columns, C channels, N = B*T
 folded images, D d_model, F token_dim, R reduced tokens, Z bottleneck.
@@ -24,8 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from earthrep.models import blocks
-from earthrep.preprocess import check_fill
-from earthrep.schema import AE_MAX_POSITION, PATCH_FRAMES, PATCH_PX
+from earthrep.schema import AE_MAX_POSITION, PATCH_FRAMES, PATCH_PX, check_fill
 
 TOKEN_PX = 4   # 15 -> 7 (conv1) -> 4 (conv2)
 
@@ -37,22 +38,37 @@ def frame_positions(time_gaps_BG: jax.Array) -> jax.Array:
 
 
 class ConvEncoder(nn.Module):
-  """conv0 1x1, block1 (+pool residual), conv1 2x2/2, block2 (+pool residual), conv2 2x2/2 pad 1, block3."""
+  """conv0 1x1, block1 (+pool residual), conv1 2x2/2, block2 (+pool residual), conv2 2x2/2 pad 1, block3.
+
+  `from_block1(a0, fused)` runs everything after block 1's 1x1 fusion, given conv0's pre-activation and
+  that fusion's pre-activation: the entry point of the feature-cube fast path (`models.crop_share`), which
+  computes those two for many overlapping crops at once."""
   widths: tuple[int, int, int]
   token_channels: int
   dropout: float
 
-  @nn.compact
-  def __call__(self, x_NHWC: jax.Array, *, train: bool) -> jax.Array:
+  def setup(self):
     w0, w1, w2 = self.widths
-    x = blocks.silu(nn.Dense(w0, name="conv0")(x_NHWC))
-    x = blocks.max_pool_residual(blocks.MultiScaleAttentionBlock(w0, (3, 7), 8, name="block1")(x), x)
-    x = blocks.silu(nn.Conv(w1, (2, 2), strides=(2, 2), padding="VALID", name="conv1")(x))  # 15 -> 7
-    x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
-    x = blocks.max_pool_residual(blocks.ConvAttentionBlock(w1, 8, 7, name="block2")(x), x)
-    x = blocks.silu(nn.Conv(w2, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)), name="conv2")(x))  # 7 -> 4
-    x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
-    return blocks.ConvAttentionBlock(self.token_channels, 2, 3, name="block3")(x)
+    self.conv0 = nn.Dense(w0)
+    self.block1 = blocks.MultiScaleAttentionBlock(w0, (3, 7), 8)
+    self.conv1 = nn.Conv(w1, (2, 2), strides=(2, 2), padding="VALID")                 # 15 -> 7
+    self.block2 = blocks.ConvAttentionBlock(w1, 8, 7)
+    self.conv2 = nn.Conv(w2, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)))          # 7 -> 4
+    self.block3 = blocks.ConvAttentionBlock(self.token_channels, 2, 3)
+    # Named as the compact form named them, so the dropout masks (keyed by module path) are unchanged.
+    self.Dropout_0 = blocks.channel_dropout(self.dropout)
+    self.Dropout_1 = blocks.channel_dropout(self.dropout)
+
+  def __call__(self, x_NHWC: jax.Array, *, train: bool) -> jax.Array:
+    a0_NHWC = self.conv0(x_NHWC)
+    return self.from_block1(a0_NHWC, self.block1.fuse(blocks.silu(a0_NHWC)), train=train)
+
+  def from_block1(self, a0_NHWC: jax.Array, fused_NHWC: jax.Array, *, train: bool) -> jax.Array:
+    x = blocks.max_pool_residual(self.block1.from_fused(fused_NHWC), blocks.silu(a0_NHWC))
+    x = self.Dropout_0(blocks.silu(self.conv1(x)), deterministic=not train)
+    x = blocks.max_pool_residual(self.block2(x), x)
+    x = self.Dropout_1(blocks.silu(self.conv2(x)), deterministic=not train)
+    return self.block3(x)
 
 
 class ConvDecoder(nn.Module):
@@ -93,7 +109,7 @@ class TransformerAE(nn.Module):
   dec_dropout: float = 0.1
   transformer_dropout: float = 0.25
   reference_batch_mixing: bool = False
-  # How NaNs in the input were filled when this model was trained (`preprocess.fill_patches` mode): part of
+  # How NaNs in the input were filled when this model was trained (`schema.FILL_MODES`): part of
   # the model's input contract, read by the loaders and the embedders; not used by the forward pass.
   fill: str = "window"
 
@@ -117,11 +133,20 @@ class TransformerAE(nn.Module):
   def _time_embedding(self, time_gaps_BG: jax.Array) -> jax.Array:
     return self.time_table(frame_positions(time_gaps_BG)) / math.sqrt(self.d_model)
 
-  def encode(self, x_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
+  def conv_features(self, x_BTHWC: jax.Array, *, train: bool) -> jax.Array:
+    """Per-frame conv-encoder features (B, T, 4, 4, d_model / 16)."""
     b, t, h, w, c = x_BTHWC.shape
     f_NHWC = self.conv_encoder(x_BTHWC.reshape(b * t, h, w, c), train=train)
-    self.sow("intermediates", "enc_dimred", f_NHWC.reshape(b, t, *f_NHWC.shape[1:]))
-    tokens_BTD = f_NHWC.transpose(0, 3, 1, 2).reshape(b, t, self.d_model)   # c*16 + h*4 + w
+    return f_NHWC.reshape(b, t, *f_NHWC.shape[1:])
+
+  def encode(self, x_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
+    return self.encode_features(self.conv_features(x_BTHWC, train=train), time_gaps_BG, train=train)
+
+  def encode_features(self, f_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
+    """z (B, Z) from per-frame conv features (`conv_features`, or features cached by the embedders)."""
+    b, t = f_BTHWC.shape[:2]
+    self.sow("intermediates", "enc_dimred", f_BTHWC)
+    tokens_BTD = f_BTHWC.transpose(0, 1, 4, 2, 3).reshape(b, t, self.d_model)   # c*16 + h*4 + w
     x_BTD = tokens_BTD + self._time_embedding(time_gaps_BG)
     self.sow("intermediates", "enc_transformer_in", x_BTD)
     if self.reference_batch_mixing:   # sequence = samples, frames = batch (reference b.4)

@@ -167,17 +167,28 @@ class ConvAttentionBlock(nn.Module):
 
 
 class MultiScaleAttentionBlock(nn.Module):
-  """Parallel k x k convs (LeakyReLU 0.1), concatenated in kernel order, 1x1 fusion (LeakyReLU 0.01), CBAM."""
+  """Parallel k x k convs (LeakyReLU 0.1), concatenated in kernel order, 1x1 fusion (LeakyReLU 0.01), CBAM.
+
+  `fuse` returns the 1x1 fusion's pre-activation and `from_fused` the rest, so that a caller that computes
+  the branch convolutions another way (`models.crop_share`) runs the block's own attention."""
   features: int
   kernels: Sequence[int] = (3, 7)
   reduction: int = 8
 
-  @nn.compact
+  def setup(self):
+    self.convs = [conv(self.features, k) for k in self.kernels]   # params convs_0, convs_1, ...
+    self.fusion = nn.Dense(self.features)
+    self.attention = CBAM(self.features, self.reduction, 7)
+
+  def fuse(self, x_NHWC: jax.Array) -> jax.Array:
+    branches = [leaky_relu(c(x_NHWC), 0.1) for c in self.convs]
+    return self.fusion(jnp.concatenate(branches, -1))
+
+  def from_fused(self, fused_NHWC: jax.Array) -> jax.Array:
+    return self.attention(leaky_relu(fused_NHWC, 0.01))
+
   def __call__(self, x_NHWC: jax.Array) -> jax.Array:
-    branches = [leaky_relu(conv(self.features, k, name=f"convs_{i}")(x_NHWC), 0.1)
-                for i, k in enumerate(self.kernels)]
-    h_NHWC = leaky_relu(nn.Dense(self.features, name="fusion")(jnp.concatenate(branches, -1)), 0.01)
-    return CBAM(self.features, self.reduction, 7, name="attention")(h_NHWC)
+    return self.from_fused(self.fuse(x_NHWC))
 
 
 class ConvTranspose2x2(nn.Module):

@@ -14,24 +14,25 @@ convs, so the crops can share that work:
   kernel x silu(conv0(v)), a conv of the crop's 15x15 hole mask with a per-crop kernel (1/width of the
   work of the conv it replaces).
 `gather` takes entry [slot, class(p_y), class(p_x), corner + p] for every crop position; `encode` adds the
-hole term and runs the rest of the encoder (the model's own code, with `conv0` and `block1.fusion`
-intercepted). Per crop this saves conv0 and both block-1 convs (~90 % of the encoder's FLOPs at any width).
+hole term, applies block 1's 1x1 fusion and runs the rest of the encoder through the model's own
+`ConvEncoder.from_block1`. Per crop this saves conv0 and both block-1 convs (~90 % of the encoder's FLOPs
+at any width).
 
 Requires every pixel of a crop to be finite in all channels or NaN in all (the embedders send other crops
-through the plain encoder). Only the summation order differs from `ConvEncoder` (float32 rounding). Tied
-to the structure of `ConvEncoder` and `MultiScaleAttentionBlock`; `tests/test_models.py` checks it.
+through the plain encoder). Only the summation order differs from `ConvEncoder` (float32 rounding). It reads
+the params of `conv0` and block 1 (`convs_<i>`, `fusion`) by name, the layout that the torch mapping and the
+checkpoints also fix; `tests/test_models.py` checks it against `ConvEncoder` on every kind of crop.
 
 Dimension letters: D images, H/W image rows/columns, C input channels, O width, E edge classes, n crops.
 """
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from earthrep.models import blocks
-from earthrep.models.autoencoder import ConvEncoder, TransformerAE
+from earthrep.models.autoencoder import TransformerAE
 from earthrep.schema import PATCH_PX
 
 
@@ -143,18 +144,6 @@ def encode(ae: TransformerAE, ae_params: dict, crops: dict, fill_nC: jax.Array |
       t_n = t_n + jnp.einsum("nhwt,nto->nhwo", taps_nHWT, kv_nTO)
     branches.append(blocks.leaky_relu(t_n + c["bias"], 0.1))
   fusion = enc["block1"]["fusion"]
-  f_n = jnp.concatenate(branches, -1) @ fusion["kernel"] + fusion["bias"]
-
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if context.method_name == "__call__" and isinstance(module, nn.Dense):
-      parent = module.parent
-      if module.name == "conv0" and isinstance(parent, ConvEncoder):
-        return a0_n
-      if module.name == "fusion" and parent.name == "block1" and isinstance(parent.parent, ConvEncoder):
-        return f_n   # the block-1 branch convs feeding it are then dead code, removed by XLA
-    return next_fun(*args, **kwargs)
-
-  dummy = jnp.zeros(a0_n.shape[:3] + (ae.channels,), a0_n.dtype)
-  with nn.intercept_methods(interceptor):
-    return ae.apply({"params": ae_params}, dummy, method=lambda m, x: m.conv_encoder(x, train=False))
+  fused_n = jnp.concatenate(branches, -1) @ fusion["kernel"] + fusion["bias"]
+  return ae.apply({"params": ae_params}, a0_n, fused_n,
+                  method=lambda m, a0, fused: m.conv_encoder.from_block1(a0, fused, train=False))

@@ -56,11 +56,12 @@ class FusionModel(nn.Module):
 
   @property
   def fill(self) -> str:
-    """The input fill mode of the autoencoders (`preprocess.fill_patches`); they must agree."""
+    """The input fill mode of the autoencoders (`schema.FILL_MODES`); they must agree (raises ValueError)."""
     modes = {ae.fill for ae in self.autoencoders}
     if len(modes) != 1:
-      raise ValueError(f"the autoencoders of {self.sensors} were trained with different input fills "
-                       f"{[ae.fill for ae in self.autoencoders]}; retrain one so they agree")
+      fills = ", ".join(f"{s}: {ae.fill!r}" for s, ae in zip(self.sensors, self.autoencoders))
+      raise ValueError(f"the autoencoders were trained with different input fills ({fills}); retrain one so "
+                       "they agree")
     return modes.pop()
 
   def sensor_param_path(self, sensor: str) -> tuple[str, ...]:
@@ -77,9 +78,7 @@ class FusionModel(nn.Module):
       raise KeyError(f"inputs lack sensor {sensor!r}; got {sorted(inputs)}")
     return inputs[sensor]
 
-  def _fuse(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
-            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    z = {s: self._ae(s).encode(*self._inputs(inputs, s), train=train) for s in self.sensors}
+  def _fuse(self, z: dict[str, jax.Array], offsets_BK: jax.Array, *, train: bool) -> jax.Array:
     tokens_BKD = jnp.stack([getattr(self, f"proj_{s}")(z[s]) for s in self.sensors], axis=1)
     tokens_BKD = (tokens_BKD + self.type_embed(jnp.arange(len(self.sensors)))
                   + self.pair_pos(jnp.asarray(offsets_BK, jnp.int32)) / math.sqrt(self.d_model))
@@ -90,16 +89,27 @@ class FusionModel(nn.Module):
     self.sow("intermediates", "pooled", pooled_BD)
     normed_BD = self.norm_out(pooled_BD)
     self.sow("intermediates", "pooled_normed", normed_BD)
-    return blocks.softplus(self.bottleneck_reducer(normed_BD)), z
+    return blocks.softplus(self.bottleneck_reducer(normed_BD))
+
+  def _codes(self, inputs: SensorInputs, *, train: bool) -> dict[str, jax.Array]:
+    return {s: self._ae(s).encode(*self._inputs(inputs, s), train=train) for s in self.sensors}
 
   def embed(self, inputs: SensorInputs, offsets_BK: jax.Array, *, train: bool = False) -> jax.Array:
     """The fused embedding zf (B, Y) without running the decoders."""
-    return self._fuse(inputs, offsets_BK, train=train)[0]
+    return self._fuse(self._codes(inputs, train=train), offsets_BK, train=train)
+
+  def embed_from_features(self, features: SensorInputs, offsets_BK: jax.Array, *,
+                          train: bool = False) -> jax.Array:
+    """`embed` from each sensor's per-frame conv features (`TransformerAE.conv_features`), given as
+    sensor -> (f_BTHWC, time_gaps_BG): the feature-cube fast path computes each frame's features once."""
+    z = {s: self._ae(s).encode_features(*self._inputs(features, s), train=train) for s in self.sensors}
+    return self._fuse(z, offsets_BK, train=train)
 
   def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
                train: bool) -> dict[str, Any]:
     """Returns {'zf': (B, Y), 'z': {s: (B, Z_s)}, 'b': {s: (B, Z_s)}, 'recon': {s: (B, T, H, W, C_s)}}."""
-    zf_BY, z = self._fuse(inputs, offsets_BK, train=train)
+    z = self._codes(inputs, train=train)
+    zf_BY = self._fuse(z, offsets_BK, train=train)
     b = {s: getattr(self, f"head_{s}")(zf_BY) for s in self.sensors}
     recon = {s: self._ae(s).decode(b[s], self._inputs(inputs, s)[1], train=train) for s in self.sensors}
     return {"zf": zf_BY, "z": z, "b": b, "recon": recon}

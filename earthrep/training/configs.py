@@ -51,11 +51,10 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       **sensors.get(sensor).stage1, **WIDTHS[variant], max_position=200, reference_batch_mixing=False,
       # NaN fill of the inputs: "frame" (default) fills a crop from its own frame, so the feature-cube fast
-      # path can reuse every crop's feature; "window" is the reference's window mean (preprocess.fill_patches).
+      # path can reuse every crop's feature; "window" is the reference's window mean (data.preprocess.fill_patches).
       fill="frame"))
   # Stage-1 objective of the released code: MAE only (section d); default mode fixes the centre metric.
-  c.loss = ml_collections.ConfigDict(dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0,
-                                          center_mae=1.0, reference=False))
+  c.loss = ml_collections.ConfigDict(dict(**sensors.STAGE1_LOSS, reference=False))
   c.optimizer = optimizer_config("stage1", variant)
   c.batch_size = 16
   c.eval_batch_size = 64

@@ -6,9 +6,8 @@ fusion forward, decoders included.
 Fast (default): (a) only `FusionModel.embed` runs (no decoders); (b) the conv-encoder feature of every
 (date, pixel) crop that is the same in every window holding it is computed once per tile and reused by
 all of them; (c) fixed batch shapes (last batch padded), jitted once per shape and sharded over the local
-devices on the `data` mesh axis. The cached features are fed into the unchanged model code by
-intercepting `ConvEncoder.__call__` (`flax.linen.intercept_methods`), so the transformer and fusion layers
-are the model's own. Which crops can be shared depends on the fill:
+devices on the `data` mesh axis. The cached features enter the model's own code through
+`FusionModel.embed_from_features`, so the transformer and fusion layers are the model's own. Which crops can be shared depends on the fill:
 * "frame" (earthrep's default): a crop is filled from its own frame, so every crop is shared; a hidden
   frame (any-day centre) or a crop without any valid value is all zeros and they share one feature.
 * "window" (the reference's fill): a crop with an invalid value is filled with its window's mean, which
@@ -34,22 +33,24 @@ import functools
 import os
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from earthrep import checkpoint, parallel, preprocess, sensors as sensor_registry
-from earthrep.models import crop_share, torch_import
-from earthrep.models.autoencoder import ConvEncoder
+from earthrep import parallel, sensors
+from earthrep.data import preprocess
+from earthrep.data.windows import HIDDEN, Merged, Windows, gather_patches, pixel_valid
+from earthrep.errors import EarthrepError
+from earthrep.io import checkpoint
+from earthrep.models import crop_share
 from earthrep.models.fusion import FusionModel, fusion_from_config
-from earthrep.schema import CENTRE_FRAME, CENTRE_PX, PATCH_FRAMES, PATCH_PX, S1_BANDS, S2_BANDS
-from earthrep.windows import HIDDEN, Merged, Windows, gather_patches, pixel_valid
+from earthrep.models.params import abstract_params
+from earthrep.schema import CENTRE_FRAME, CENTRE_PX, PATCH_FRAMES, PATCH_PX
 
-SUPPORTED = {"s1": len(S1_BANDS), "s2": len(S2_BANDS)}
+CUBE_SENSORS = ("s1", "s2")   # what a site cube provides (schema.SiteCube)
 
 
-class ModelError(ValueError):
+class ModelError(EarthrepError):
   """The model does not fit the cube; the message names the model dir / cube and the field."""
 
 
@@ -59,13 +60,13 @@ def load_fusion(model_dir: str | os.PathLike) -> tuple[FusionModel, Any]:
   if cfg.get("kind") != "fusion":
     raise ModelError(f"{model_dir}: model_config.json: kind {cfg.get('kind')!r}, expected 'fusion'")
   model = fusion_from_config(cfg["model"])
-  params = checkpoint.load_params(model_dir, target=torch_import.abstract_params(model))
+  params = checkpoint.load_params(model_dir, target=abstract_params(model))
   return model, params
 
 
 def check_model(model: FusionModel, where: str = "model") -> None:
   """Raises ModelError unless the model fuses S2 (+ optional S1) with the cube's band counts."""
-  unknown = [s for s in model.sensors if s not in SUPPORTED]
+  unknown = [s for s in model.sensors if s not in CUBE_SENSORS]
   if unknown or "s2" not in model.sensors:
     raise ModelError(f"{where}: sensors: {list(model.sensors)}; cubes provide s2 (required) and s1")
   try:
@@ -73,9 +74,10 @@ def check_model(model: FusionModel, where: str = "model") -> None:
   except ValueError as e:
     raise ModelError(f"{where}: autoencoders.*.fill: {e}") from None
   for s, ae in zip(model.sensors, model.autoencoders):
-    if ae.channels != SUPPORTED[s]:
+    channels = sensors.get(s).channels
+    if ae.channels != channels:
       raise ModelError(f"{where}: autoencoders.{s}.channels: {ae.channels}, but the cube has "
-                       f"{SUPPORTED[s]} {s.upper()} bands")
+                       f"{channels} {s.upper()} bands")
 
 
 def default_batch(model: FusionModel, devices: int = 1) -> int:
@@ -92,10 +94,8 @@ def default_batch(model: FusionModel, devices: int = 1) -> int:
 
 
 def offsets_for(model: FusionModel, delta_n: np.ndarray) -> np.ndarray:
-  """(n, K) fusion pair-position rows: 0 for the reference sensor, delta_days for S2 (registry)."""
-  cols = [np.zeros_like(delta_n) if sensor_registry.get(s).offset_key is None else delta_n
-          for s in model.sensors]
-  return np.stack(cols, axis=1).astype(np.int32)
+  """(n, K) fusion pair-position rows of windows with these delta_days (`sensors.fusion_offsets`)."""
+  return sensors.fusion_offsets(model.sensors, {"delta_days": delta_n}, len(delta_n))
 
 
 @dataclasses.dataclass
@@ -181,16 +181,9 @@ def _crop_encode(ae, sensor, holes, host_gather, p, fill, maps=None, slot=None, 
 
 
 def _tail(model, p, feats, gaps, offsets):
-  """FusionModel.embed with the conv-encoder outputs replaced by precomputed features."""
-  def interceptor(next_fun, args, kwargs, context):
-    if isinstance(context.module, ConvEncoder) and context.method_name == "__call__":
-      f = feats[context.module.parent.name[len("ae_"):]]
-      return f.reshape((-1,) + f.shape[2:])
-    return next_fun(*args, **kwargs)
-  dummy = {s: (jnp.zeros(feats[s].shape[:2] + (1, 1, ae.channels), jnp.float32), gaps[s])
-           for s, ae in zip(model.sensors, model.autoencoders)}
-  with nn.intercept_methods(interceptor):
-    return model.apply({"params": p}, dummy, offsets, method=FusionModel.embed)
+  """FusionModel.embed from precomputed per-frame conv features."""
+  features = {s: (feats[s], gaps[s]) for s in model.sensors}
+  return model.apply({"params": p}, features, offsets, method=FusionModel.embed_from_features)
 
 
 def _series(merged: Merged, windows: Windows, sensor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

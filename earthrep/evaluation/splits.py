@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from earthrep.gpp.regressors import WINDOW_DAYS, make_windows
+from earthrep.evaluation.regressors import WINDOW_DAYS, make_windows
 
 log = logging.getLogger(__name__)
 SPLITS = ("loso", "temporal")

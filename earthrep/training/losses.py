@@ -20,16 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from earthrep import schema
+from earthrep import schema, sensors
 
 TERMS: tuple[str, ...] = ("total", "mae", "ssim", "sam", "center")
 
-# Keyword arguments of `context_aware_loss`, per use (ARCHITECTURE.md section d, "Weights in use").
-STAGE1_WEIGHTS: dict[str, float] = dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0, center_mae=1.0)
-FUSION_WEIGHTS: dict[str, dict[str, float]] = {
-    "s1": dict(lambda_mae=1.0, lambda_ssim=0.0, lambda_sam=0.0, center_mae=1.5),
-    "s2": dict(lambda_mae=0.665, lambda_ssim=0.02, lambda_sam=0.315, center_mae=1.75),
-}
+# Keyword arguments of `context_aware_loss` per use (ARCHITECTURE.md section d, "Weights in use") are in the
+# sensor registry: `sensors.STAGE1_LOSS` and each sensor's `fusion_loss`.
 # The reference class defaults; no released script trains with them (used by the parity vectors).
 CLASS_DEFAULT_WEIGHTS: dict[str, float] = dict(lambda_mae=0.33, lambda_ssim=0.02, lambda_sam=0.65,
                                                center_mae=1.0)
@@ -39,7 +35,7 @@ SSIM_SIGMA = 1.5
 SSIM_C1 = 0.01 ** 2
 SSIM_C2 = 0.03 ** 2
 SAM_EPS = 1e-8
-# Below 1 - 1e-7 the float32 cosine resolves the angle; beyond it acos' is not used (see _clamped_acos).
+# Below 1 - 1e-7 the float32 cosine resolves the angle; beyond it acos' is not used (see clamped_acos).
 _ACOS_GRAD_EPS = 1e-7
 
 
@@ -93,7 +89,7 @@ def _pairwise_sum(x: jax.Array) -> jax.Array:
 
 
 @jax.custom_jvp
-def _clamped_acos(cos: jax.Array) -> jax.Array:
+def clamped_acos(cos: jax.Array) -> jax.Array:
   """acos(clip(cos, -1, 1)) with a finite derivative everywhere.
 
   The value is exactly the reference's. Where |cos| >= 1 - 1e-7 the derivative is taken as 0 instead of
@@ -103,13 +99,13 @@ def _clamped_acos(cos: jax.Array) -> jax.Array:
   return jnp.arccos(jnp.clip(cos, -1.0, 1.0))
 
 
-@_clamped_acos.defjvp
+@clamped_acos.defjvp
 def _clamped_acos_jvp(primals, tangents):
   (cos,), (cos_dot,) = primals, tangents
   inside = jnp.abs(cos) < 1.0 - _ACOS_GRAD_EPS
   cos_safe = jnp.where(inside, cos, 0.0)
   slope = jnp.where(inside, -jax.lax.rsqrt(1.0 - cos_safe * cos_safe), 0.0)
-  return _clamped_acos(cos), slope * cos_dot
+  return clamped_acos(cos), slope * cos_dot
 
 
 def _safe_norm(x: jax.Array, axis: int) -> jax.Array:
@@ -160,7 +156,7 @@ def _sam_term(output_BTHWC: jax.Array, target_BTHWC: jax.Array, mask_BTHWC: jax.
   x_BTHWC = jnp.where(valid_BTHW[..., None], target_BTHWC, 0.0)
   dot_BTHW = jnp.sum(o_BTHWC * x_BTHWC, axis=-1)
   cos_BTHW = dot_BTHW / (_safe_norm(x_BTHWC, -1) * _safe_norm(o_BTHWC, -1) + SAM_EPS)
-  angle_BTHW = _clamped_acos(cos_BTHW)
+  angle_BTHW = clamped_acos(cos_BTHW)
   counted_BTHW = jnp.where(valid_BTHW, jnp.broadcast_to(weight_THW, valid_BTHW.shape), 0.0)
   weight_sum = _pairwise_sum(counted_BTHW)
   nonzero = weight_sum > 0
@@ -188,7 +184,7 @@ def context_aware_loss(output_BTHWC: jax.Array, target_BTHWC: jax.Array, mask_BT
   Differences from the reference, in both modes: its guard paths (a NaN anywhere in the output, or a mask
   without any True, return a bare scalar 0 that callers fail to unpack) are not reproduced: NaN outputs
   propagate and an empty mask gives mae = sam = 0 with finite gradients; disabled terms are float 0.0,
-  not int 0; gradients are finite at cos = +-1 (see `_clamped_acos`) and at zero spectra.
+  not int 0; gradients are finite at cos = +-1 (see `clamped_acos`) and at zero spectra.
 
   Difference in the default mode (`reference=False`) only: `center` averages |o - x| over the valid
   elements of the centre pixel of the centre frame (0 if none is valid). The reference (`reference=True`)
@@ -242,23 +238,23 @@ def fusion_loss(recon: Mapping[str, jax.Array], target: Mapping[str, jax.Array],
   """Stage-2 objective: mean over sensors of `context_aware_loss` totals, plus the selection metric.
 
   Each mapping goes sensor name -> `(B, T, H, W, C_sensor)`. A sensor's weights come from `weights`, else
-  `FUSION_WEIGHTS`, else `STAGE1_WEIGHTS` (1, 0, 0, 1). Returns `total` (0.5 S1 + 0.5 S2 for the two
+  its registered `fusion_loss` (`earthrep.sensors`). Returns `total` (0.5 S1 + 0.5 S2 for the two
   reference sensors), `val_metric` (mean of the per-sensor `center`) and `<sensor>/<term>` for every term.
   """
-  sensors = list(recon)
-  if not sensors or set(sensors) != set(target) or set(sensors) != set(mask):
+  names = list(recon)
+  if not names or set(names) != set(target) or set(names) != set(mask):
     raise ValueError(f"recon {sorted(recon)}, target {sorted(target)} and mask {sorted(mask)} must name the "
                      "same, non-empty set of sensors")
   weights = dict(weights or {})
-  unknown = set(weights) - set(sensors)
+  unknown = set(weights) - set(names)
   if unknown:
-    raise ValueError(f"weights given for sensors {sorted(unknown)} that are not in {sensors}")
+    raise ValueError(f"weights given for sensors {sorted(unknown)} that are not in {names}")
   out: dict[str, jax.Array] = {}
-  for sensor in sensors:
-    sensor_weights = weights.get(sensor, FUSION_WEIGHTS.get(sensor, STAGE1_WEIGHTS))
+  for sensor in names:
+    sensor_weights = weights[sensor] if sensor in weights else sensors.get(sensor).fusion_loss
     terms = context_aware_loss(recon[sensor], target[sensor], mask[sensor], reference=reference,
                                **sensor_weights)
     out.update({f"{sensor}/{name}": value for name, value in terms.items()})
-  out["total"] = sum(out[f"{s}/total"] for s in sensors) / len(sensors)
-  out["val_metric"] = sum(out[f"{s}/center"] for s in sensors) / len(sensors)
+  out["total"] = sum(out[f"{s}/total"] for s in names) / len(names)
+  out["val_metric"] = sum(out[f"{s}/center"] for s in names) / len(names)
   return out

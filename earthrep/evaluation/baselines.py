@@ -1,7 +1,7 @@
 """Baseline feature series from the Sentinel cube itself: S2 bands, spectral indices, S1 backscatter.
 
 Per acquisition date and footprint (the same disc as the embeddings, `features.footprint_mask`):
-* S2: pixels are used where `preprocess.prepare_s2` keeps them (clear class, reflectance clipped to [0, 1]);
+* S2: pixels are used where `data.preprocess.prepare_s2` keeps them (clear class, reflectance clipped to [0, 1]);
   a date counts only when >= `MIN_CLEAR_FRACTION` (0.5) of the footprint is clear, so a half-clouded
   footprint does not bias the mean towards its clear side. Bands are footprint means; indices are computed
   per pixel, then averaged.
@@ -20,8 +20,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from earthrep.gpp.features import footprint_mask, footprint_mean
-from earthrep.preprocess import prepare_s2
+from earthrep.data.preprocess import prepare_s2
+from earthrep.evaluation.features import footprint_mask, footprint_mean
+from earthrep.io.cube import pixel_centre_coords
 from earthrep.schema import S1_BANDS, S2_BANDS, SiteCube
 
 MIN_CLEAR_FRACTION = 0.5
@@ -80,7 +81,6 @@ def s1_series(cube: SiteCube, mask_hw: np.ndarray) -> pd.DataFrame:
 
 
 def cube_footprint(cube: SiteCube, centre_xy: tuple[float, float] | None, radius_m: float | None) -> np.ndarray:
-  from earthrep.cube import pixel_centre_coords
   h, w = cube.shape_hw
   x, y = pixel_centre_coords(cube.transform, h, w)
   if centre_xy is None:

@@ -1,7 +1,7 @@
 """Per-site daily feature series: footprint statistics of a feature cube, made daily.
 
-A feature cube is the Zarr written by `earthrep.embed`: variable `features` float32 `(feature, time, y, x)`,
-coords `time`, `y`, `x` (UTM pixel centres), NaN where no embedding. The footprint is the set of pixels whose
+A feature cube is the Zarr format of `earthrep.io.feature_cube` (written by `earthrep.embed`): `features`
+float32 `(feature, time, y, x)` on UTM pixel centres, NaN where no embedding. The footprint is the set of pixels whose
 centres lie within `radius_m` of the tower (default 250 m: the 70-80 % daily source area of a tower a few
 metres above short vegetation or a forest canopy lies within a few hundred metres, and a 250 m disc still
 holds ~1960 pixels of 10 m, so one cloud-free patch suffices); `radius_m=None` is the reference's whole-cube
@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+
+from earthrep.io import feature_cube
 
 DEFAULT_RADIUS_M = 250.0
 DAILY_METHODS = ("linear", "ucm", "reindex")
@@ -64,35 +66,14 @@ def tower_xy(crs: str, lon: float, lat: float) -> tuple[float, float]:
   return float(xs[0]), float(ys[0])
 
 
-def read_feature_cube(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], str]:
-  """-> (times (t,), features (f, t, h, w) float32, x (w,), y (h,), feature names, crs wkt or '')."""
-  import xarray as xr
-  path = Path(path)
-  try:
-    ds = xr.open_zarr(path, consolidated=False, chunks=None)
-  except Exception as e:
-    raise ValueError(f"{path}: not a readable feature cube ({type(e).__name__}: {e})") from e
-  with ds:
-    if "features" not in ds:
-      raise ValueError(f"{path}: variable 'features' missing (have {list(ds.data_vars)})")
-    da = ds["features"].transpose("feature", "time", "y", "x")
-    names = ([str(v) for v in da["feature"].values] if "feature" in da.coords
-             else [f"F{i + 1:02d}" for i in range(da.shape[0])])
-    crs = ""
-    if "spatial_ref" in ds.variables:
-      crs = ds["spatial_ref"].attrs.get("crs_wkt", ds["spatial_ref"].attrs.get("spatial_ref", ""))
-    return (np.asarray(da["time"].values, "datetime64[ns]"), np.asarray(da.values, np.float32),
-            np.asarray(da["x"].values, float), np.asarray(da["y"].values, float), names, crs)
-
-
 def feature_cube_series(path: str | Path, centre_xy: tuple[float, float] | None,
                         radius_m: float | None = DEFAULT_RADIUS_M) -> pd.DataFrame:
   """Observation-date footprint means of a feature cube; index time, one column per feature."""
-  times, features_fthw, x, y, names, _ = read_feature_cube(path)
+  fc = feature_cube.read(path)
   if centre_xy is None:   # the tower sits at the cube centre pixel
-    centre_xy = (float(x[len(x) // 2]), float(y[len(y) // 2]))
-  mean_tf = footprint_mean(np.moveaxis(features_fthw, 0, 1), footprint_mask(x, y, centre_xy, radius_m))
-  return pd.DataFrame(mean_tf, index=pd.DatetimeIndex(times, name="time"), columns=names)
+    centre_xy = (float(fc.x[len(fc.x) // 2]), float(fc.y[len(fc.y) // 2]))
+  mean_tf = footprint_mean(np.moveaxis(fc.values_fthw, 0, 1), footprint_mask(fc.x, fc.y, centre_xy, radius_m))
+  return pd.DataFrame(mean_tf, index=pd.DatetimeIndex(fc.time, name="time"), columns=fc.names)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ coarser than 10 m are resampled onto the grid of B02 bilinearly, on pixel centre
 (xcube resamples float variables with spline order 1), so the model sees the same smooth 20 m bands;
 `resampling="nearest"` (each 20 m pixel to its 2x2 block) keeps original values instead.
 Errors: a bad file name, missing band, unreadable or corrupt raster, grid mismatch, or a stack that fails
-`validate_cube` (checked on read and on write) raises `cube.CubeError` ("<file>: <field>: ..."); a malformed
+`validate_cube` (checked on read and on write) raises `CubeError` ("<file>: <field>: ..."); a malformed
 `processing_baseline` raises a plain ValueError, as does `resample_to_grid` on its own. The writer refuses
 an existing stack without `overwrite=True` (FileExistsError) and replaces each file atomically.
-The Zarr store, `read_cube` (which dispatches here for a site folder with `site.json`) and the contract
-checks are in `cube.py`, which re-exports the public names of this module.
+The contract checks are in `cube_contract.py`; the Zarr store and `read_cube` (which dispatches here for a
+site folder with `site.json`) in `cube.py`.
 """
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from earthrep.cube import (
-    CLOUD_CLASSES, SITE_JSON, CubeError, Transform, _atomic_target, _error, pixel_centre_coords, validate_cube)
+from earthrep.io import atomic
+from earthrep.io.cube_contract import (
+    CLOUD_CLASSES, SITE_JSON, CubeError, Transform, cube_error, pixel_centre_coords, validate_cube)
 from earthrep.schema import (
     CLOUD_NODATA, S1_BANDS, S2_BANDS, VAR_CLOUD, VAR_ORBIT, VAR_S2, SiteCube, SiteMeta)
 
@@ -67,7 +68,7 @@ def _open_raster(path: Path) -> Iterator[Any]:
   except CubeError:
     raise
   except Exception as e:  # rasterio errors on open and on read of truncated/corrupt files
-    raise _error(path, "raster", f"unreadable ({type(e).__name__}: {e})") from e
+    raise cube_error(path, "raster", f"unreadable ({type(e).__name__}: {e})") from e
 
 
 def _grid_of(src: Any) -> tuple[CRS, Transform, tuple[int, int]]:
@@ -77,9 +78,9 @@ def _grid_of(src: Any) -> tuple[CRS, Transform, tuple[int, int]]:
 def _check_same_grid(path: Path, grid: tuple, ref_path: Path, ref_grid: tuple) -> None:
   (crs, transform, shape), (ref_crs, ref_transform, ref_shape) = grid, ref_grid
   if crs != ref_crs:
-    raise _error(path, "crs", f"{crs} differs from {ref_crs} of {ref_path} (S1 and S2 must share one grid)")
+    raise cube_error(path, "crs", f"{crs} differs from {ref_crs} of {ref_path} (S1 and S2 must share one grid)")
   if shape != ref_shape or not np.allclose(transform, ref_transform, rtol=0, atol=1e-6):
-    raise _error(path, "transform", f"grid {transform} {shape} differs from {ref_transform} {ref_shape} of "
+    raise cube_error(path, "transform", f"grid {transform} {shape} differs from {ref_transform} {ref_shape} of "
                  f"{ref_path} (S1 and S2 must share one grid)")
 
 
@@ -87,7 +88,7 @@ def _band_indexes(src: Any, path: Path, wanted: Sequence[str]) -> list[int]:
   names = [d or "" for d in src.descriptions]
   missing = [b for b in wanted if b not in names]
   if missing:
-    raise _error(path, "band", f"missing band(s) {missing}; band descriptions are {names}")
+    raise cube_error(path, "band", f"missing band(s) {missing}; band descriptions are {names}")
   return [names.index(b) + 1 for b in wanted]
 
 
@@ -101,7 +102,7 @@ def _read_float_bands(src: Any, path: Path, indexes: list[int]) -> np.ndarray:
 def _mask_classes(values: np.ndarray, path: Path) -> np.ndarray:
   values = np.where(np.isnan(values), CLOUD_NODATA, values) if values.dtype.kind == "f" else values
   if not np.isin(values, CLOUD_CLASSES).all():
-    raise _error(path, VAR_CLOUD, f"values {np.setdiff1d(np.unique(values), CLOUD_CLASSES)[:5].tolist()} "
+    raise cube_error(path, VAR_CLOUD, f"values {np.setdiff1d(np.unique(values), CLOUD_CLASSES)[:5].tolist()} "
                  f"are not cloud classes {CLOUD_CLASSES}")
   return values.astype(np.uint8)
 
@@ -113,14 +114,14 @@ def _time_of(src: Any, stamp: str, path: Path) -> np.datetime64:
     return named
   exact = np.datetime64(tag, "ns")
   if abs(int((exact - named).astype(np.int64))) >= 1_000_000_000:
-    raise _error(path, TAG_TIME, f"{tag} disagrees with the file name {stamp}")
+    raise cube_error(path, TAG_TIME, f"{tag} disagrees with the file name {stamp}")
   return exact
 
 
 def _read_s2_file(path: Path) -> tuple[np.datetime64, np.ndarray, np.ndarray, tuple]:
   match = _S2_NAME.match(path.stem)
   if not match:
-    raise _error(path, "file name", "expected s2/<YYYYMMDDTHHMMSS>.tif")
+    raise cube_error(path, "file name", "expected s2/<YYYYMMDDTHHMMSS>.tif")
   with _open_raster(path) as src:
     indexes = _band_indexes(src, path, S2_BANDS)
     names = [d or "" for d in src.descriptions]
@@ -132,7 +133,7 @@ def _read_s2_file(path: Path) -> tuple[np.datetime64, np.ndarray, np.ndarray, tu
   if mask is None:
     mask_path = path.with_name(f"{path.stem}{MASK_SUFFIX}{path.suffix}")
     if not mask_path.exists():
-      raise _error(path, VAR_CLOUD, f"no band described {MASK_BAND!r} and no {mask_path.name}")
+      raise cube_error(path, VAR_CLOUD, f"no band described {MASK_BAND!r} and no {mask_path.name}")
     with _open_raster(mask_path) as src:
       _check_same_grid(mask_path, _grid_of(src), path, grid)
       mask, path = src.read(1), mask_path
@@ -142,10 +143,10 @@ def _read_s2_file(path: Path) -> tuple[np.datetime64, np.ndarray, np.ndarray, tu
 def _read_s1_file(path: Path) -> tuple[np.datetime64, np.ndarray, str, int, tuple]:
   match = _S1_NAME.match(path.stem)
   if not match:
-    raise _error(path, "file name", "expected s1/<YYYYMMDDTHHMMSS>_<asc|desc>.tif")
+    raise cube_error(path, "file name", "expected s1/<YYYYMMDDTHHMMSS>_<asc|desc>.tif")
   direction = _ORBIT_ABBREV.get(match.group(2).lower())
   if direction is None:
-    raise _error(path, VAR_ORBIT, f"unknown orbit direction {match.group(2)!r}, expected asc or desc")
+    raise cube_error(path, VAR_ORBIT, f"unknown orbit direction {match.group(2)!r}, expected asc or desc")
   with _open_raster(path) as src:
     gamma0 = _read_float_bands(src, path, _band_indexes(src, path, S1_BANDS))
     relative_orbit = int(src.tags().get(TAG_REL_ORBIT, -1))
@@ -164,11 +165,11 @@ def read_geotiff_stack(site_dir: str | os.PathLike) -> SiteCube:
     info = json.loads((site_dir / SITE_JSON).read_text())
     meta = SiteMeta(str(info["site_id"]), float(info["lon"]), float(info["lat"]), str(info.get("land_cover", "")))
   except (OSError, ValueError, KeyError, TypeError) as e:
-    raise _error(site_dir / SITE_JSON, "site metadata", f"unreadable or incomplete ({type(e).__name__}: {e})") from e
+    raise cube_error(site_dir / SITE_JSON, "site metadata", f"unreadable or incomplete ({type(e).__name__}: {e})") from e
   s2_files = [p for p in _tifs(site_dir / S2_DIR) if not p.stem.endswith(MASK_SUFFIX)]
   s1_files = _tifs(site_dir / S1_DIR)
   if not s2_files:
-    raise _error(site_dir / S2_DIR, VAR_S2, "no S2 GeoTIFF found")
+    raise cube_error(site_dir / S2_DIR, VAR_S2, "no S2 GeoTIFF found")
   s2 = [_read_s2_file(p) for p in s2_files]
   s1 = [_read_s1_file(p) for p in s1_files]
   for path, frame in zip(s2_files + s1_files, s2 + s1):
@@ -193,7 +194,7 @@ def _time_stamp(time: np.datetime64) -> str:
 
 def _write_raster(path: Path, data: np.ndarray, profile: dict[str, Any], descriptions: Sequence[str],
                   tags: dict[str, Any]) -> None:
-  with _atomic_target(path) as tmp:
+  with atomic.atomic_path(path) as tmp:
     with rasterio.open(tmp, "w", **profile, count=data.shape[0], dtype=data.dtype) as dst:
       dst.write(data)
       for i, name in enumerate(descriptions, start=1):
@@ -216,7 +217,7 @@ def write_geotiff_stack(cube: SiteCube, site_dir: str | os.PathLike, *, overwrit
   mask_paths = [p.with_name(f"{p.stem}{MASK_SUFFIX}.tif") for p in s2_paths]
   written = s2_paths + mask_paths + s1_paths
   if len(set(written)) != len(written):
-    raise _error(site_dir, "time", "two acquisitions in the same second: their file names would collide")
+    raise cube_error(site_dir, "time", "two acquisitions in the same second: their file names would collide")
   s2_dir.mkdir(parents=True, exist_ok=True)
   s1_dir.mkdir(parents=True, exist_ok=True)
   h, w = cube.shape_hw
@@ -233,7 +234,7 @@ def write_geotiff_stack(cube: SiteCube, site_dir: str | os.PathLike, *, overwrit
     _write_raster(s1_paths[i], np.asarray(cube.s1_gamma0[i], np.float32), {**profile, "nodata": np.nan},
                   S1_BANDS, {TAG_TIME: str(time), TAG_REL_ORBIT: int(relative_orbit[i])})
   meta = cube.meta
-  with _atomic_target(site_dir / SITE_JSON) as tmp:
+  with atomic.atomic_path(site_dir / SITE_JSON) as tmp:
     tmp.write_text(json.dumps({"site_id": meta.site_id, "lon": meta.lon, "lat": meta.lat,
                                "land_cover": meta.land_cover}, indent=2))
   for stale in old - set(written):
@@ -253,15 +254,15 @@ def _band_files(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike]) -
   for path in paths:
     match = _BAND_FILE.search(path.name)
     if not match:
-      raise _error(path, "band", "file name has no Sentinel-2 band (e.g. *_B02.jp2, *_B05_20m.jp2)")
+      raise cube_error(path, "band", "file name has no Sentinel-2 band (e.g. *_B02.jp2, *_B05_20m.jp2)")
     band, resolution = match.group(1).upper(), int(match.group(2) or 0)
     if band in chosen and chosen[band][0] == resolution:
-      raise _error(path, band, f"several files for this band ({chosen[band][1]})")
+      raise cube_error(path, band, f"several files for this band ({chosen[band][1]})")
     if band not in chosen or resolution < chosen[band][0]:   # L2A: keep the finest of R10m/R20m/R60m
       chosen[band] = (resolution, path)
   missing = [b for b in S2_BANDS if b not in chosen]
   if missing:
-    raise _error(paths_or_dir, "band", f"missing band file(s) {missing}")
+    raise cube_error(paths_or_dir, "band", f"missing band file(s) {missing}")
   return {band: chosen[band][1] for band in S2_BANDS}
 
 
@@ -285,7 +286,7 @@ def s2_dn_offset(paths: Sequence[Path], processing_baseline: str | None = None) 
     if match:
       d = match.group(1)
       return S2_BOA_OFFSET if np.datetime64(f"{d[:4]}-{d[4:6]}-{d[6:]}") >= OFFSET_FROM_DATE else 0.0
-  raise _error(paths[0], "processing baseline", "not in the path and no acquisition date in the file name; "
+  raise cube_error(paths[0], "processing baseline", "not in the path and no acquisition date in the file name; "
                "pass processing_baseline='04.00' (or older)")
 
 
@@ -331,13 +332,13 @@ def read_s2_band_files(paths_or_dir: str | os.PathLike | Sequence[str | os.PathL
       dn = src.read(1).astype(np.float64)
       band_crs, band_transform, band_shape = _grid_of(src)
     if band_crs != crs:
-      raise _error(path, "crs", f"{band_crs} differs from {crs} of {files['B02']}")
+      raise cube_error(path, "crs", f"{band_crs} differs from {crs} of {files['B02']}")
     values = np.where(dn == 0, np.nan, (dn + offset) / S2_QUANTIFICATION)   # DN 0 = no data
     if band_transform != transform or band_shape != shape:
       try:
         values = resample_to_grid(values, band_transform, transform, shape, resampling)
       except ValueError as e:
-        raise _error(path, "grid", f"{e} (10 m grid of {files['B02']})") from e
+        raise cube_error(path, "grid", f"{e} (10 m grid of {files['B02']})") from e
     reflectance[i] = values
   epsg = crs.to_epsg()
   return reflectance, (f"EPSG:{epsg}" if epsg else crs.to_wkt()), transform

@@ -4,7 +4,7 @@ Layout of a workdir (one stage):
   checkpoints/<step>/{params,opt_state,data,meta}   latest state for resume (separate items)
   best/<step>/{params,meta}                         the best `keep_best` by the validation metric
   model_config.json                                 what is needed to rebuild the module
-A converted reference checkpoint (`earthrep.convert`) has the same `best/`-free shape: `<dir>/<step>/params`
+A converted reference checkpoint (`python -m earthrep.convert`) has the same `best/`-free shape: `<dir>/<step>/params`
 plus `model_config.json`; `find_params_dir` accepts both. Restoring params into a larger tree (fusion)
 checks structure, shape and dtype and raises listing every offending key.
 """
@@ -19,10 +19,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from earthrep.errors import EarthrepError
+from earthrep.io import atomic
+
 MODEL_CONFIG = "model_config.json"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EarthrepError):
   pass
 
 
@@ -98,10 +101,7 @@ class StageCheckpoints:
 
 
 def write_model_config(workdir: str | os.PathLike, config: dict) -> None:
-  path = Path(workdir) / MODEL_CONFIG
-  tmp = path.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-  os.replace(tmp, path)
+  atomic.write_text(Path(workdir) / MODEL_CONFIG, json.dumps(config, indent=2, sort_keys=True))
 
 
 def read_model_config(path: str | os.PathLike) -> dict:

@@ -28,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from earthrep import preprocess
+from earthrep.data import preprocess
+from earthrep.errors import EarthrepError
 from earthrep.schema import (
     AE_MAX_POSITION, CENTRE_FRAME, CENTRE_PX, MAX_SPAN_DAYS, PATCH_FRAMES, PATCH_PX, SiteCube,
     datetime_to_days)
@@ -78,7 +79,7 @@ class Windows:
                    self.gaps_s1[index], self.delta_days[index], self.valid[index], self.hidden_centre)
 
 
-class WindowError(ValueError):
+class WindowError(EarthrepError):
   """A cube that yields no usable window; the message starts with the cube's path."""
 
 

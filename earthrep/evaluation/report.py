@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from earthrep.gpp.evaluate import METRICS
+from earthrep.evaluation.splits import METRICS
 
 
 def _table(frame: pd.DataFrame, columns: Sequence[str]) -> str:
@@ -39,7 +39,7 @@ def write_markdown(metrics: pd.DataFrame, out: Path, notes: Sequence[str] = ()) 
   if notes:
     text += ["## Notes", "", *[f"- {n}" for n in notes], ""]
   text += ["R2: squared Pearson correlation; NSE: 1 - SSE/SST; NRMSE: RMSE/(max-min obs); bias: mean(pred-obs); "
-           "r2_anom: R2 of anomalies from the 31-day-smoothed day-of-year mean cycle (earthrep/gpp/evaluate.py).",
+           "r2_anom: R2 of anomalies from the 31-day-smoothed day-of-year mean cycle (earthrep/evaluation/splits.py).",
            "", "Figures: skill.png, scatter.png, series_<site>.png."]
   path = out / "report.md"
   path.write_text("\n".join(text) + "\n")

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from earthrep.schema import (
-    CENTRE_FRAME, CENTRE_PX, CLOUD_CLEAR, MAX_SPAN_DAYS, S1_DB_MAX, S1_DB_MIN, S1_ROLLING_WINDOW,
+    CENTRE_FRAME, CENTRE_PX, CLOUD_CLEAR, MAX_SPAN_DAYS, S1_DB_MAX, S1_DB_MIN, S1_ROLLING_WINDOW, check_fill,
     datetime_to_days)
 
 TRAIN_MIN_VALID_FRACTION = 0.03
@@ -75,15 +75,6 @@ def nearest_s1_index(s2_time: np.ndarray, s1_time: np.ndarray) -> np.ndarray:
   return np.where(take_left, left, right).astype(np.int64)
 
 
-FILL_MODES = ("window", "frame")
-
-
-def check_fill(mode: str, name: str = "fill mode") -> None:
-  """Raises ValueError naming `name` unless `mode` is one of FILL_MODES."""
-  if mode not in FILL_MODES:
-    raise ValueError(f"{name} {mode!r}: expected one of {FILL_MODES}")
-
-
 def fill_patches(x_nan_bthwc: np.ndarray, mode: str = "window") -> tuple[np.ndarray, np.ndarray]:
   """NaN -> a mean of the valid values of the same channel; returns (filled, mask).
 
@@ -91,7 +82,7 @@ def fill_patches(x_nan_bthwc: np.ndarray, mode: str = "window") -> tuple[np.ndar
   put into a cloudy frame depends on the other 10 frames of its window. `mode="frame"` (earthrep's default):
   the per-frame, per-channel mean over (h, w) of that frame's crop alone, so a filled crop, and the
   convolutional feature computed from it, is the same in every window holding the frame (the feature-cube
-  fast path reuses it; see `earthrep.embed_core`). `mask = ~isnan` before filling. ±inf counts as valid,
+  fast path reuses it; see `earthrep.inference.engine`). `mask = ~isnan` before filling. ±inf counts as valid,
   adds 0 to the sum and stays in place; a channel without valid values over the averaged axes is filled
   with 0 (a hidden or fully clouded frame is all zeros under "frame"). Works for any leading dims
   (..., t, h, w, c).

@@ -6,11 +6,11 @@
 
 Sites: `sites.csv` next to the cubes folder (site_id, lon, lat, flux_file), else the site ids in the flux
 file names that also have a cube. Feature sets: baselines (`ndvi`, `indices`, `bands`, `s1`, `s2s1`; see
-baselines.py) come from the cube; any other name is an embedding read from `FEATURE_DIR/<name>/<site>.zarr`
-(default FEATURE_DIR = REPORT_DIR/feature_cubes). Missing `fused` cubes are written there by
-`earthrep.embed.embed_cube(--model)` (with `--daily reindex`, `dates="daily"`); if earthrep.embed cannot be
-imported, or no --model is given, embedding sets without cubes are skipped with a message and the baselines
-still run. Observation-date series become daily with `--daily` (features.py).
+evaluation/baselines.py) come from the cube; any other name is an embedding read from
+`FEATURE_DIR/<name>/<site>.zarr` (default FEATURE_DIR = REPORT_DIR/feature_cubes). Missing `fused` cubes are
+written there by `earthrep.inference.feature_cubes.embed_cube(--model)` (with `--daily reindex`,
+`dates="daily"`); without --model, embedding sets without cubes are skipped with a message and the baselines
+still run. Observation-date series become daily with `--daily` (evaluation/features.py).
 """
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from earthrep import flux as flux_lib
-from earthrep.gpp import baselines, evaluate, features, regressors, report
+from earthrep.evaluation import baselines, features, regressors, report
+from earthrep.evaluation import splits as evaluate
+from earthrep.io import flux as flux_lib
+from earthrep.inference.feature_cubes import embed_cube
+from earthrep.io.cube import find_cubes, read_cube
 
 log = logging.getLogger("earthrep.gpp")
 DEFAULT_FEATURES = "fused,ndvi,indices,bands,s1"
@@ -32,7 +35,6 @@ DEFAULT_FEATURES = "fused,ndvi,indices,bands,s1"
 
 def load_sites(cubes: Path, flux_dir: Path) -> pd.DataFrame:
   """site_id, lon, lat (NaN if unknown), flux_path, cube_path."""
-  from earthrep.cube import find_cubes
   cube_paths = {p.name: p for p in find_cubes(cubes)}
   table = cubes.parent / "sites.csv"
   if table.exists():
@@ -60,11 +62,7 @@ def _embedding_cube(name: str, site: str, cube_path: Path, feature_dir: Path, mo
     skipped.append(f"{name}/{site}: no feature cube at {feature_dir / name / (site + '.zarr')}"
                    + ("" if name != "fused" else " and no --model to embed with"))
     return None
-  try:
-    from earthrep.embed import embed_cube
-  except ImportError as e:
-    skipped.append(f"{name}/{site}: earthrep.embed not importable ({e}); embedding skipped")
-    return None
+
   out = feature_dir / name / f"{site}.zarr"
   out.parent.mkdir(parents=True, exist_ok=True)
   log.info("embedding %s with %s -> %s", cube_path, model, out)
@@ -72,7 +70,6 @@ def _embedding_cube(name: str, site: str, cube_path: Path, feature_dir: Path, mo
 
 
 def build_site(row, feature_sets: Sequence[str], args, skipped: list[str]) -> evaluate.SiteData | None:
-  from earthrep.cube import read_cube
   daily_gpp = flux_lib.read_daily_gpp(row.flux_path, min_good_fraction=args.min_good_fraction)
   cube = read_cube(row.cube_path)
   radius = None if args.radius_m == "cube" else float(args.radius_m)

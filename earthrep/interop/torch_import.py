@@ -16,18 +16,19 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from earthrep import sensors
+from earthrep.errors import EarthrepError
 from earthrep.models.autoencoder import TransformerAE
 from earthrep.models.fusion import FusionModel
-from earthrep.schema import PATCH_PX
+from earthrep.models.params import abstract_params
 
 Model = TransformerAE | FusionModel
 Path = tuple[str, ...]
 
 
-class StateDictError(ValueError):
+class StateDictError(EarthrepError):
   pass
 
 
@@ -157,21 +158,17 @@ def rules_for(model: Model) -> tuple[list[Rule], tuple[str, ...]]:
   raise TypeError(f"no torch mapping for {type(model).__name__}")
 
 
-def example_inputs(model: Model, batch: int = 1) -> tuple[Any, ...]:
-  """Zero inputs of the right shapes for `model.init` / `model.apply` (positional args)."""
-  def ae_inputs(ae: TransformerAE):
-    return (jnp.zeros((batch, ae.frames, PATCH_PX, PATCH_PX, ae.channels), jnp.float32),
-            jnp.zeros((batch, ae.frames - 1), jnp.int32))
-  if isinstance(model, FusionModel):
-    inputs = {s: ae_inputs(ae) for s, ae in zip(model.sensors, model.autoencoders)}
-    return inputs, jnp.zeros((batch, len(model.sensors)), jnp.int32)
-  return ae_inputs(model)
-
-
-def abstract_params(model: Model) -> Any:
-  """The params tree of `model` as ShapeDtypeStructs (nothing is computed)."""
-  init = lambda: model.init(jax.random.key(0), *example_inputs(model), train=False)["params"]
-  return jax.eval_shape(init)
+def random_fusion(variant: str = "test", sensor_names: tuple[str, ...] = ("s1", "s2"), seed: int = 0,
+                  fill: str = "frame", channels: dict[str, int] | None = None) -> tuple[FusionModel, Any]:
+  """(FusionModel, random params) at the widths of a config variant (`training.configs`: "" full size,
+  "runlocal", "test"), the registry's sensor shapes (`channels` overrides band counts) and `random_params`:
+  a model directory's worth of weights without training, for tests and benchmarks."""
+  from earthrep.training import configs   # the config variants' sizes (a layer above the models)
+  aes = tuple(TransformerAE(**{**sensors.get(s).stage1, **({"channels": channels[s]} if channels and s in channels
+                                                              else {})},
+                            **configs.WIDTHS[variant], fill=fill) for s in sensor_names)
+  model = FusionModel(aes, tuple(sensor_names), **configs.FUSION_SIZES[variant])
+  return model, random_params(model, seed)
 
 
 def random_params(model: Model, seed: int = 0) -> Any:

@@ -2,10 +2,11 @@
 
 The reference (section f) trains with AdamW, a per-step LinearLR warm-up from `warmup_start_factor`
 to 1 and a per-validation ReduceLROnPlateau (abs threshold) on the selection metric, plus early
-stopping. Here the warm-up is a function of the step inside the jitted update and the plateau scale
-is a scalar in the train state, updated on the host after each validation; both are saved with the
-checkpoint, so a resumed run follows exactly the same learning-rate path. Frozen parameters get
-`optax.set_to_zero` through `optax.multi_transform`, which keeps no optimiser state for them.
+stopping. Here the learning rate is a function of the step (warm-up) and of the plateau scale, a scalar
+updated on the host after each validation and passed to the jitted update; the step and the plateau
+state are saved with the checkpoint, so a resumed run follows exactly the same learning-rate path.
+Frozen parameters get `optax.set_to_zero` through `optax.multi_transform`, which keeps no optimiser state
+for them.
 """
 from __future__ import annotations
 
@@ -28,14 +29,19 @@ def warmup_factor(step: jax.Array, warmup_steps: int, start_factor: float) -> ja
 
 def make_optimizer(cfg: ml_collections.ConfigDict, trainable: Any | None = None
                    ) -> optax.GradientTransformation:
-  """AdamW (decoupled decay scaled by lr, as torch) after global-norm clipping.
+  """AdamW (torch's decoupled decay) after global-norm clipping, at a learning rate of 1.
 
-  The learning rate is injected per step (`set_learning_rate`). `trainable` is a pytree of bools
-  shaped like the params; False leaves are frozen (zero update, no Adam moments).
+  The learning rate of a step (`learning_rate`) multiplies the updates afterwards (`scale_updates`): the
+  same numbers as `optax.adamw(lr)`, whose last stage is a multiplication by -lr, with no hyper-parameter
+  kept inside the optimiser state. `trainable` is a pytree of bools shaped like the params; False leaves
+  are frozen (zero update, no Adam moments).
   """
-  adamw = optax.inject_hyperparams(optax.adamw)(
-      learning_rate=cfg.lr, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999), eps=cfg.get("eps", 1e-8),
-      weight_decay=cfg.weight_decay)
+  # float32 hyper-parameters, not Python floats: with a float b2 optax computes (1 - b2) in float64 for the
+  # second moment but (1 - b2**t) in float32 for its bias correction, a 6e-6 error in the first steps.
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  adamw = optax.chain(
+      optax.scale_by_adam(b1=f32(cfg.get("b1", 0.9)), b2=f32(cfg.get("b2", 0.999)), eps=f32(cfg.get("eps", 1e-8))),
+      optax.add_decayed_weights(f32(cfg.weight_decay)), optax.scale(-1.0))
   tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw) if cfg.clip_norm else adamw
   if trainable is None:
     return tx
@@ -43,18 +49,9 @@ def make_optimizer(cfg: ml_collections.ConfigDict, trainable: Any | None = None
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def set_learning_rate(opt_state: Any, lr: jax.Array) -> Any:
-  """Writes `lr` into every injected-hyperparams state inside `opt_state`."""
-  def is_inject(node) -> bool:
-    return hasattr(node, "hyperparams") and hasattr(node, "_replace")
-
-  def visit(node):
-    if is_inject(node):
-      hp = dict(node.hyperparams)
-      hp["learning_rate"] = jnp.asarray(lr, dtype=jnp.asarray(hp["learning_rate"]).dtype)
-      return node._replace(hyperparams=hp)
-    return node
-  return jax.tree.map(visit, opt_state, is_leaf=is_inject)
+def scale_updates(updates: Any, lr: jax.Array) -> Any:
+  """The updates of `make_optimizer` at learning rate `lr`."""
+  return jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates)
 
 
 def learning_rate(cfg: ml_collections.ConfigDict, step: jax.Array, lr_scale: jax.Array) -> jax.Array:
