@@ -2,7 +2,7 @@ r"""Feature cubes: the fused embedding of every pixel and date of a site cube, w
 
   python -m earthrep.embed --model runs/fusion --cube data/XX/cube.zarr --out out/XX_features.zarr \
       [--dates clear|daily|2019-06-01,2019-07-15] [--geotiff DIR] [--batch N] [--resume|--overwrite] \
-      [--scheduler tcp://host:8786] [--quicklook 2019-06-01|auto] [--naive] [--tile 32]
+      [--scheduler tcp://host:8786] [--quicklook 2019-06-01|auto] [--naive] [--tile 32] [--embedding fused|s1|s2]
 
 Only arguments are parsed here; the work is `earthrep.inference.feature_cubes.embed_cube` (its docstring
 describes the output, resume and the cluster mode) and the format `earthrep.io.feature_cube`.
@@ -35,11 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--scheduler", help="address of a dask.distributed scheduler")
   parser.add_argument("--quicklook", help="ISO date of a PNG quick-look, or auto (the clearest date)")
   parser.add_argument("--naive", action="store_true", help="reference path: full forward per window")
+  parser.add_argument("--embedding", default="fused",
+                      help="fused (zf, default) or a sensor (s1, s2): that sensor's own autoencoder code")
   args = parser.parse_args(argv)
   try:
     embed_cube(args.model, args.cube, args.out, dates=args.dates, naive=args.naive, batch=args.batch,
                tile=args.tile, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
-               geotiff=args.geotiff, quicklook=args.quicklook)
+               geotiff=args.geotiff, quicklook=args.quicklook, embedding=args.embedding)
   except (EmbedError, CubeError, ModelError, CheckpointError, WindowError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

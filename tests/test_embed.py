@@ -90,6 +90,22 @@ def test_fast_equals_naive(engine, window_engine, mode, fill, share):
   assert np.nanmax(np.abs(naive - fast)) <= 1e-5
 
 
+@pytest.mark.parametrize("sensor,width", [("s2", 9), ("s1", 2)])
+def test_single_sensor_embeddings_fast_equals_naive(tiny, sensor, width):
+  """embedding=<sensor>: that sensor's own autoencoder code z, from both paths, equal to the full forward's."""
+  engine = engine_lib.Engine(*tiny, batch=64, embedding=sensor)
+  assert engine.width == width
+  merged = _merged()
+  win = W.clear_windows(merged)
+  naive = engine_lib.naive_tile(engine, merged, win, 4, 4)
+  fast = engine_lib.fast_tile(engine, merged, win, 4, 4)
+  assert naive.shape == (len(win), 4, 4, width) and np.isfinite(naive).any()
+  np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
+  assert np.nanmax(np.abs(naive - fast)) <= 1e-5
+  with pytest.raises(engine_lib.ModelError, match="embedding 'x'"):
+    engine_lib.Engine(*tiny, batch=64, embedding="x")
+
+
 def test_zarr_layout(local_run, paths):
   out, ds = local_run
   model_dir, cube, _ = paths

@@ -22,7 +22,9 @@ every crop whose pixels are each valid in all bands or in none; the others (mixe
 with too few crops to pay for the maps (`Engine.share_px_per_crop`) use the plain encoder. On a CPU the
 maps go to the host and numpy gathers the crops (XLA's CPU gather is much slower); elsewhere the gather
 runs inside the jitted function.
-Both return zf (n_windows, ty, tx, 7) for the output pixels of a tile, NaN where the pixel-window is invalid.
+Both return the engine's `embedding` (n_windows, ty, tx, width) for the output pixels of a tile, NaN where the
+pixel-window is invalid: "fused" = the fused embedding zf (the model's bottleneck width), or a sensor name =
+that sensor's own stage-1 autoencoder code z (the single-sensor embeddings the evaluation compares with).
 
 Dimension letters: n windows, k frames, q valid (window, pixel) pairs, p tile pixels, t dates, c channels.
 """
@@ -110,10 +112,14 @@ class Engine:
   # crop per `share_px_per_crop` pixels of the local grid (the maps cost about as much as encoding one
   # crop per ~25 pixels on a CPU at the runlocal widths); 0 disables the sharing.
   share_px_per_crop: int = 16
+  embedding: str = "fused"   # what the tile functions return: "fused" (zf) or a fused sensor's code z
   calls: dict = dataclasses.field(default_factory=dict)   # function name -> calls (and "tiles")
 
   def __post_init__(self):
     check_model(self.model)
+    if self.embedding != "fused" and self.embedding not in self.model.sensors:
+      raise ModelError(f"embedding {self.embedding!r}: expected 'fused' or one of the model's sensors "
+                       f"{list(self.model.sensors)}")
     self.mesh = self.mesh or parallel.make_mesh()
     n_dev = self.mesh.devices.size
     self.batch = max(n_dev, self.batch - self.batch % n_dev)
@@ -125,7 +131,7 @@ class Engine:
     model = self.model
     self.full_fn = jax.jit(lambda p, inputs, offsets: _full(model, p, inputs, offsets))
     self.conv_fns = {s: jax.jit(lambda p, crops, s=s: _conv(model, s, p, crops)) for s in model.sensors}
-    self.tail_fn = jax.jit(lambda p, feats, gaps, offsets: _tail(model, p, feats, gaps, offsets))
+    self.tail_fn = jax.jit(functools.partial(_tail, model, self.embedding))
     self.map_fns = {s: jax.jit(lambda p, images, valid, s=s: crop_share.block1_maps(
         p[f"ae_{s}"]["conv_encoder"], images, valid)) for s in model.sensors}
     # crop_share: on CPU the maps come to the host and numpy gathers the crops (XLA's CPU gather is slow)
@@ -133,6 +139,16 @@ class Engine:
     self.crop_fns = {(s, holes): jax.jit(functools.partial(_crop_encode, ae, s, holes, self.host_gather))
                      for s, ae in zip(model.sensors, model.autoencoders) for holes in (False, True)}
     self._empty_features: dict[str, np.ndarray] = {}
+
+  @property
+  def width(self) -> int:
+    """Width of the embedding the tile functions return."""
+    if self.embedding == "fused":
+      return self.model.bottleneck
+    return self.model.autoencoders[self.model.sensors.index(self.embedding)].bottleneck
+
+  def output_key(self) -> str:
+    return "zf" if self.embedding == "fused" else f"z_{self.embedding}"
 
   def empty_feature(self, sensor: str) -> np.ndarray:
     """Conv-encoder feature of an all-zero crop (a hidden or empty frame under "frame" fill), computed once."""
@@ -163,7 +179,7 @@ class Engine:
 def _full(model, p, inputs, offsets):
   out = model.apply({"params": p}, inputs, offsets, train=False)
   recon = out["recon"]["s2"][:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX, :]
-  return {"zf": out["zf"], "s2_reflectance": recon}
+  return {"zf": out["zf"], **{f"z_{s}": z for s, z in out["z"].items()}, "s2_reflectance": recon}
 
 
 def _conv(model, sensor, p, crops):
@@ -180,10 +196,11 @@ def _crop_encode(ae, sensor, holes, host_gather, p, fill, maps=None, slot=None, 
   return crop_share.encode(ae, p[f"ae_{sensor}"], crops, fill if holes else None)
 
 
-def _tail(model, p, feats, gaps, offsets):
-  """FusionModel.embed from precomputed per-frame conv features."""
+def _tail(model, embedding, p, feats, gaps, offsets):
+  """The engine's embedding from precomputed per-frame conv features (`FusionModel.embed_from_features`)."""
   features = {s: (feats[s], gaps[s]) for s in model.sensors}
-  return model.apply({"params": p}, features, offsets, method=FusionModel.embed_from_features)
+  out = model.apply({"params": p}, features, offsets, method=FusionModel.embed_from_features)
+  return out["zf"] if embedding == "fused" else out["z"][embedding]
 
 
 def _series(merged: Merged, windows: Windows, sensor: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,7 +217,8 @@ def _tile_pixels(ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
 
 def full_forward(engine: Engine, merged: Merged, windows: Windows, w_q: np.ndarray, rows_q: np.ndarray,
                  cols_q: np.ndarray) -> dict[str, np.ndarray]:
-  """Naive: the full fusion forward of each (window, centre pixel) pair -> {'zf', 's2_reflectance'}."""
+  """Naive: the full fusion forward of each (window, centre pixel) pair -> {'zf', 'z_<sensor>',
+  's2_reflectance'}."""
   model = engine.model
   out = []
   for start in range(0, len(w_q), engine.batch):
@@ -217,18 +235,20 @@ def full_forward(engine: Engine, merged: Merged, windows: Windows, w_q: np.ndarr
         p, {s: (a[f"{s}_x"], a[f"{s}_gaps"]) for s in model.sensors}, offsets)
     out.append(engine.run(fn, "full", engine.batch, arrays))
   if not out:
-    return {"zf": np.zeros((0, model.bottleneck), np.float32), "s2_reflectance": np.zeros((0, 10), np.float32)}
+    empty = {"zf": np.zeros((0, model.bottleneck), np.float32), "s2_reflectance": np.zeros((0, 10), np.float32)}
+    return empty | {f"z_{s}": np.zeros((0, ae.bottleneck), np.float32)
+                    for s, ae in zip(model.sensors, model.autoencoders)}
   return jax.tree.map(lambda *xs: np.concatenate(xs), *out)
 
 
 def naive_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int) -> np.ndarray:
   rows, cols = _tile_pixels(ty, tx)
   w_q, p_q = np.nonzero(pixel_valid(merged, windows, rows, cols))
-  zf = full_forward(engine, merged, windows, w_q, rows[p_q], cols[p_q])["zf"]
-  out = np.full((len(windows), ty * tx, engine.model.bottleneck), np.nan, np.float32)
-  out[w_q, p_q] = zf
+  z = full_forward(engine, merged, windows, w_q, rows[p_q], cols[p_q])[engine.output_key()]
+  out = np.full((len(windows), ty * tx, engine.width), np.nan, np.float32)
+  out[w_q, p_q] = z
   engine.calls["tiles"] = engine.calls.get("tiles", 0) + 1
-  return out.reshape(len(windows), ty, tx, engine.model.bottleneck)
+  return out.reshape(len(windows), ty, tx, engine.width)
 
 
 def _box_at(a_thwc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -327,10 +347,10 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
   fill = model.fill
   rows, cols = _tile_pixels(ty, tx)
   w_q, p_q = np.nonzero(pixel_valid(merged, windows, rows, cols))
-  out = np.full((len(windows), ty * tx, model.bottleneck), np.nan, np.float32)
+  out = np.full((len(windows), ty * tx, engine.width), np.nan, np.float32)
   engine.calls["tiles"] = engine.calls.get("tiles", 0) + 1
   if len(w_q) == 0:
-    return out.reshape(len(windows), ty, tx, model.bottleneck)
+    return out.reshape(len(windows), ty, tx, engine.width)
   n_pix = ty * tx
   prep = {}
   for s in model.sensors:
@@ -383,4 +403,4 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
         prm, {s: a[f"{s}_feats"] for s in model.sensors}, {s: a[f"{s}_gaps"] for s in model.sensors}, offsets)
     zf.append(engine.run(fn, "tail", engine.batch, arrays))
   out[w_q, p_q] = np.concatenate(zf)
-  return out.reshape(len(windows), ty, tx, model.bottleneck)
+  return out.reshape(len(windows), ty, tx, engine.width)

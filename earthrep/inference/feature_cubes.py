@@ -5,9 +5,11 @@ algorithm (ARCHITECTURE.md section g, `data.windows.clear_windows`); `daily` emb
 S2 dates on each side and a list embeds those days, both through the any-day windows (centre frame hidden;
 `data.windows.anyday_windows`). The fast path (default) and the naive reference path (`naive=True`) are in
 `inference.engine`; they agree to float32 rounding.
-Output: the feature-cube format of `earthrep.io.feature_cube` (features F01.. = the model's bottleneck
-width, time = the target days, the cube grid without its 7-px border), with provenance attributes (model
-dir and config, code version, input cube, dates mode, creation time).
+Output: the feature-cube format of `earthrep.io.feature_cube` (features F01.. = the embedding's width, time
+= the target days, the cube grid without its 7-px border), with provenance attributes (model dir and config,
+code version, input cube, dates mode, embedding, creation time). `embedding="fused"` (default) writes the
+fused embedding zf; a sensor name writes that sensor's own stage-1 autoencoder code (a single-sensor
+embedding, e.g. for the evaluation's baselines).
 Writing: the store is built as `.<out>.partial` and renamed to `<out>` when complete; tiles aligned to the
 chunks are written one region each and recorded afterwards as files in `.<out>.tiles/`, so `resume=True`
 skips finished tiles of a kept partial store; without it a failed run removes its partial store.
@@ -55,6 +57,7 @@ class Job:
   store: str
   done_dir: str
   tile: int
+  embedding: str = "fused"
 
 
 class TileRunner:
@@ -75,7 +78,7 @@ class TileRunner:
       merged = windows_lib.merge(cube, job.cube_path, with_s1="s1" in model.sensors)
       windows = make_windows(merged, job.dates)
       batch = job.batch or engine_lib.default_batch(model)
-      self._state = (engine_lib.Engine(model, params, batch), merged, windows, cube)
+      self._state = (engine_lib.Engine(model, params, batch, embedding=job.embedding), merged, windows, cube)
     return self._state
 
   def run_tile(self, tile: tuple[int, int, int, int]) -> int:
@@ -117,7 +120,7 @@ def _tiles(ny: int, nx: int, tile: int) -> list[tuple[int, int, int, int]]:
 def embed_cube(model_dir: str, cube_path: str, out: str, *, dates: str = "clear", naive: bool = False,
                batch: int | None = None, tile: int = DEFAULT_TILE, resume: bool = False, overwrite: bool = False,
                scheduler: str | None = None, geotiff: str | None = None, quicklook: str | None = None,
-               log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
+               embedding: str = "fused", log=lambda msg: print(msg, file=sys.stderr, flush=True)) -> Path:
   out_path = Path(out).absolute()
   store = out_path.with_name(f".{out_path.name}.partial")
   done_dir = out_path.with_name(f".{out_path.name}.tiles")
@@ -127,7 +130,7 @@ def embed_cube(model_dir: str, cube_path: str, out: str, *, dates: str = "clear"
       return out_path
     raise EmbedError(f"{out_path}: exists; pass --overwrite to replace it or --resume to finish a partial run")
   job = Job(str(Path(model_dir).absolute()), str(Path(cube_path).absolute()), dates, naive, batch,
-            str(store), str(done_dir), tile)
+            str(store), str(done_dir), tile, embedding)
   runner = TileRunner(job)
   engine, merged, windows, cube = runner.state
   h, w = cube.shape_hw
@@ -140,17 +143,19 @@ def embed_cube(model_dir: str, cube_path: str, out: str, *, dates: str = "clear"
         "dates with any clear pixel; a window needs 5 on each side of its target)")
   attrs = {"model_dir": job.model_dir, "model_config": json.dumps(checkpoint.read_model_config(model_dir)),
            "code_version": provenance.code_version(), "input_cube": job.cube_path, "dates_mode": dates,
-           "path": "naive" if naive else "fast", "created": datetime.datetime.now(datetime.UTC).isoformat(),
+           "path": "naive" if naive else "fast", "embedding": embedding,
+           "created": datetime.datetime.now(datetime.UTC).isoformat(),
            "output_grid": "input cube grid without its 7-pixel border (patch centres)"}
   if not (resume and store.exists()):
     shutil.rmtree(store, ignore_errors=True)
     shutil.rmtree(done_dir, ignore_errors=True)
     feature_cube.create(store, crs=cube.crs, cube_transform=cube.transform, cube_hw=(h, w),
-                        days=windows.target_days, width=engine.model.bottleneck, tile=tile, attrs=attrs,
-                        long_name="fused embedding zf")
+                        days=windows.target_days, width=engine.width, tile=tile, attrs=attrs,
+                        long_name="fused embedding zf" if embedding == "fused" else
+                        f"{embedding} autoencoder code z_{embedding}")
   else:   # the kept partial store must come from the same inputs
     stored = feature_cube.attributes(store)
-    for key in ("model_dir", "input_cube", "dates_mode", "path"):
+    for key in ("model_dir", "input_cube", "dates_mode", "path", "embedding"):
       if stored.get(key) != attrs[key]:
         raise EmbedError(f"{store}: attribute {key}: partial store has {stored.get(key)!r}, this run "
                          f"{attrs[key]!r}; rerun with --overwrite")

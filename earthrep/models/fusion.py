@@ -99,11 +99,12 @@ class FusionModel(nn.Module):
     return self._fuse(self._codes(inputs, train=train), offsets_BK, train=train)
 
   def embed_from_features(self, features: SensorInputs, offsets_BK: jax.Array, *,
-                          train: bool = False) -> jax.Array:
-    """`embed` from each sensor's per-frame conv features (`TransformerAE.conv_features`), given as
-    sensor -> (f_BTHWC, time_gaps_BG): the feature-cube fast path computes each frame's features once."""
+                          train: bool = False) -> dict[str, Any]:
+    """The embeddings from each sensor's per-frame conv features (`TransformerAE.conv_features`), given as
+    sensor -> (f_BTHWC, time_gaps_BG): {'zf': (B, Y), 'z': {s: (B, Z_s)}} (the fused embedding and each
+    sensor's own autoencoder code). The feature-cube fast path computes each frame's features once."""
     z = {s: self._ae(s).encode_features(*self._inputs(features, s), train=train) for s in self.sensors}
-    return self._fuse(z, offsets_BK, train=train)
+    return {"zf": self._fuse(z, offsets_BK, train=train), "z": z}
 
   def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
                train: bool) -> dict[str, Any]:
