@@ -199,19 +199,6 @@ def test_conv_transpose_matches_lax_reference():
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("hw", [(15, 15), (7, 7), (4, 4), (20, 20)])
-def test_small_map_conv_and_max_pool_match_lax(hw):
-  """SpatialAttention's conv as one matmul (and its lax fallback), the separable 3x3 max-pool."""
-  rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(3, *hw, 2)), jnp.float32)
-  params = {"params": {"kernel": jnp.asarray(rng.normal(size=(7, 7, 2, 1)), jnp.float32),
-                       "bias": jnp.asarray(rng.normal(size=(1,)), jnp.float32)}}
-  want = blocks.conv(1, 7).apply(params, x)
-  np.testing.assert_allclose(blocks.SmallMapConv(1, 7).apply(params, x), want, atol=1e-5)
-  pool = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 1, 1, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
-  np.testing.assert_array_equal(blocks.max_pool_residual(x, 0 * x), pool)
-
-
 def test_crop_share_matches_the_encoder_on_every_crop():
   """crop_share (block-1 maps once per image, gathered per crop, plus each crop's hole term) == the
   "frame"-filled ConvEncoder on each crop, for crops touching every image border (every pair of edge

@@ -95,6 +95,15 @@ def default_batch(model: FusionModel, devices: int = 1) -> int:
   return max(devices, batch - batch % devices)
 
 
+def cpu_conv_batch(model: FusionModel) -> int:
+  """Crops per conv-encoder call on a CPU: as many as keep one 15x15 activation of the widest block within
+  ~5 MiB (cache-sized): 128 at the runlocal widths, 32 at the reference's, where 32 crops per call encode
+  ~1.4x faster per crop than 128 (measured, benchmarks/embed_speed.py)."""
+  widest = max(ae.widths[0] for ae in model.autoencoders)
+  fits = (5 << 20) // (PATCH_PX * PATCH_PX * widest * 4)
+  return int(np.clip(1 << (max(int(fits), 1).bit_length() - 1), 16, 128))
+
+
 def offsets_for(model: FusionModel, delta_n: np.ndarray) -> np.ndarray:
   """(n, K) fusion pair-position rows of windows with these delta_days (`sensors.fusion_offsets`)."""
   return sensors.fusion_offsets(model.sensors, {"delta_days": delta_n}, len(delta_n))
@@ -107,7 +116,7 @@ class Engine:
   params: Any
   batch: int
   mesh: Any = None
-  conv_batch: int = 0   # crops per conv-encoder call; 0: 128 per device on CPU, 4 x batch elsewhere
+  conv_batch: int = 0   # crops per conv-encoder call; 0: by width on CPU (`cpu_conv_batch`), 4 x batch elsewhere
   # Clean crops of a date share conv0 and block 1 (`models.crop_share`) when the date has at least one
   # crop per `share_px_per_crop` pixels of the local grid (the maps cost about as much as encoding one
   # crop per ~25 pixels on a CPU at the runlocal widths); 0 disables the sharing.
@@ -123,9 +132,9 @@ class Engine:
     self.mesh = self.mesh or parallel.make_mesh()
     n_dev = self.mesh.devices.size
     self.batch = max(n_dev, self.batch - self.batch % n_dev)
-    if not self.conv_batch:   # CPU: 128 crops keep the activations in cache (~20 % faster per crop than 256)
+    if not self.conv_batch:
       cpu = self.mesh.devices.flat[0].platform == "cpu"
-      self.conv_batch = 128 * n_dev if cpu else self.batch * 4
+      self.conv_batch = cpu_conv_batch(self.model) * n_dev if cpu else self.batch * 4
     self.conv_batch = max(n_dev, self.conv_batch - self.conv_batch % n_dev)
     self.params = parallel.replicate(self.params, self.mesh)
     model = self.model

@@ -46,11 +46,12 @@ class ConvEncoder(nn.Module):
   widths: tuple[int, int, int]
   token_channels: int
   dropout: float
+  conv_impl: str = "auto"
 
   def setup(self):
     w0, w1, w2 = self.widths
     self.conv0 = nn.Dense(w0)
-    self.block1 = blocks.MultiScaleAttentionBlock(w0, (3, 7), 8)
+    self.block1 = blocks.MultiScaleAttentionBlock(w0, (3, 7), 8, self.conv_impl)
     self.conv1 = nn.Conv(w1, (2, 2), strides=(2, 2), padding="VALID")                 # 15 -> 7
     self.block2 = blocks.ConvAttentionBlock(w1, 8, 7)
     self.conv2 = nn.Conv(w2, (2, 2), strides=(2, 2), padding=((1, 1), (1, 1)))          # 7 -> 4
@@ -76,6 +77,7 @@ class ConvDecoder(nn.Module):
   widths: tuple[int, int, int]
   channels: int
   dropout: float
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x_NHWC: jax.Array, *, train: bool) -> jax.Array:
@@ -87,7 +89,7 @@ class ConvDecoder(nn.Module):
     x = blocks.max_pool_residual(blocks.ConvAttentionBlock(w2, 8, 7, name="block2")(x), x)
     x = blocks.ConvTranspose2x2(w1, crop=1, name="upsample2")(x)                   # 8 -> 16 -> 15
     x = blocks.channel_dropout(self.dropout)(x, deterministic=not train)
-    x = blocks.MultiScaleAttentionBlock(w0, (3, 7), 8, name="block3")(x)
+    x = blocks.MultiScaleAttentionBlock(w0, (3, 7), 8, self.conv_impl, name="block3")(x)
     x = blocks.silu(blocks.conv(self.channels, 3, name="refine1")(x))
     return blocks.conv(self.channels, 3, name="refine2")(x)
 
@@ -112,6 +114,9 @@ class TransformerAE(nn.Module):
   # How NaNs in the input were filled when this model was trained (`schema.FILL_MODES`): part of
   # the model's input contract, read by the loaders and the embedders; not used by the forward pass.
   fill: str = "window"
+  # How the multi-scale blocks' 3x3/7x7 convolutions are computed (`models.kernels`): "auto" = FFT on CPU,
+  # plain convolutions on accelerators; the same function either way (float32 rounding).
+  conv_impl: str = "auto"
 
   def setup(self):
     if self.d_model % (TOKEN_PX * TOKEN_PX):
@@ -121,14 +126,14 @@ class TransformerAE(nn.Module):
     self.time_table = nn.Embed(self.max_position + 1, self.d_model)
     self.transformer = blocks.TransformerStack(self.layers, self.d_model, self.heads, self.ffn,
                                                self.transformer_dropout, norm_first=False)
-    self.conv_encoder = ConvEncoder(tuple(self.widths), self.token_channels, self.enc_dropout)
+    self.conv_encoder = ConvEncoder(tuple(self.widths), self.token_channels, self.enc_dropout, self.conv_impl)
     self.encoder_linear = nn.Dense(self.token_dim)
     self.token_reducer = nn.Dense(self.reduced_tokens)
     self.bottleneck_reducer = nn.Dense(self.bottleneck)
     self.bottleneck_expander = nn.Dense(self.token_dim * self.reduced_tokens)
     self.token_upsampler = nn.Dense(self.frames)
     self.decoder_linear = nn.Dense(self.d_model)
-    self.conv_decoder = ConvDecoder(tuple(self.widths), self.channels, self.dec_dropout)
+    self.conv_decoder = ConvDecoder(tuple(self.widths), self.channels, self.dec_dropout, self.conv_impl)
 
   def _time_embedding(self, time_gaps_BG: jax.Array) -> jax.Array:
     return self.time_table(frame_positions(time_gaps_BG)) / math.sqrt(self.d_model)

@@ -19,7 +19,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from earthrep.models import kernels
 
 LN_EPS = 1e-5   # torch LayerNorm default
 
@@ -59,22 +60,9 @@ def conv(features: int, k: int, name: str | None = None) -> nn.Conv:
   return nn.Conv(features, (k, k), padding=_pad(k), name=name)
 
 
-def _max3(y_NHWC: jax.Array, axis: int) -> jax.Array:
-  """Max over a 3-wide window along `axis` (stride 1, -inf padding): two shifted maxima."""
-  n = y_NHWC.shape[axis]
-  pad = [(0, 0)] * y_NHWC.ndim
-  pad[axis] = (1, 1)
-  p = jnp.pad(y_NHWC, pad, constant_values=-jnp.inf)
-  take = lambda start: jax.lax.slice_in_dim(p, start, start + n, axis=axis)
-  return jnp.maximum(jnp.maximum(take(0), take(1)), take(2))
-
-
 def max_pool_residual(y_NHWC: jax.Array, x_NHWC: jax.Array) -> jax.Array:
-  """MaxPool2d(3, stride 1, padding 1) of a block output plus the block input; -inf padding.
-
-  The 3x3 max is taken as a 3-max over rows, then over columns (the same values as `nn.max_pool`, which
-  is about 2x slower on CPU for these small maps)."""
-  return _max3(_max3(y_NHWC, 1), 2) + x_NHWC
+  """MaxPool2d(3, stride 1, padding 1) of a block output plus the block input; -inf padding."""
+  return kernels.max_pool_3x3(y_NHWC) + x_NHWC
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,11 +89,9 @@ class ChannelAttention(nn.Module):
 
 class SmallMapConv(nn.Module):
   """`conv(features, kernel)` (same params: kernel (k, k, C, O), bias (O,)) for maps of at most
-  `MATMUL_PX` pixels, computed as one matmul with the (H*W*C, H*W*O) matrix of the padded convolution.
-
-  The spatial-attention conv has 2 input and 1 output channels, which XLA's CPU convolution runs at about
-  1 GFLOP/s; the equivalent dense matmul (zeros where the kernel is off the map) is ~10x faster on a
-  15x15 map. Larger maps fall back to `lax.conv`. Only the summation order differs from the conv.
+  `MATMUL_PX` pixels computed as one matmul (`kernels.small_map_conv`): the spatial-attention conv has 2
+  input and 1 output channels, which XLA's CPU convolution runs at about 1 GFLOP/s; the dense matmul is
+  ~10x faster on a 15x15 map. Larger maps take the plain convolution.
   """
   features: int
   kernel: int
@@ -113,21 +99,13 @@ class SmallMapConv(nn.Module):
 
   @nn.compact
   def __call__(self, x_NHWC: jax.Array) -> jax.Array:
-    n, h, w, c = x_NHWC.shape
-    k, r = self.kernel, self.kernel // 2
-    k_KKCO = self.param("kernel", nn.initializers.lecun_normal(), (k, k, c, self.features))
-    b_O = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    _, h, w, c = x_NHWC.shape
+    k_KKCO = self.param("kernel", nn.initializers.lecun_normal(), (self.kernel, self.kernel, c, self.features),
+                        jnp.float32)
+    b_O = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     if h * w > self.MATMUL_PX:
-      y = jax.lax.conv_general_dilated(x_NHWC, k_KKCO, (1, 1), _pad(k), dimension_numbers=("NHWC", "HWIO", "NHWC"))
-      return y + b_O
-    # dy[i, o] = row_in i - row_out o + r: the kernel row linking them (valid where 0 <= dy < k).
-    dy = np.arange(h)[:, None] - np.arange(h)[None, :] + r
-    dx = np.arange(w)[:, None] - np.arange(w)[None, :] + r
-    ok = ((dy >= 0) & (dy < k))[:, None, :, None] & ((dx >= 0) & (dx < k))[None, :, None, :]   # (h, w, h, w)
-    taps = k_KKCO[np.clip(dy, 0, k - 1)[:, None, :, None], np.clip(dx, 0, k - 1)[None, :, None, :]]
-    m_HWCHWO = jnp.where(ok[..., None, None], taps, 0.0).transpose(0, 1, 4, 2, 3, 5)
-    y = x_NHWC.reshape(n, h * w * c) @ m_HWCHWO.reshape(h * w * c, h * w * self.features)
-    return y.reshape(n, h, w, self.features) + b_O
+      return kernels.conv_same(x_NHWC, k_KKCO) + b_O
+    return kernels.small_map_conv(x_NHWC, k_KKCO) + b_O
 
 
 class SpatialAttention(nn.Module):
@@ -166,23 +144,64 @@ class ConvAttentionBlock(nn.Module):
     return CBAM(self.features, self.reduction, self.att_kernel, name="attention")(h_NHWC)
 
 
+class ConvWeights(nn.Module):
+  """The params of `conv(features, kernel)` (kernel (k, k, C, O), bias (O,), the same names, shapes and
+  initialisers as `flax.linen.Conv`), returned instead of applied, so a caller can run several
+  convolutions of one input together (`kernels.convs_same`)."""
+  features: int
+  kernel: int
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    k_KKCO = self.param("kernel", nn.initializers.lecun_normal(),
+                        (self.kernel, self.kernel, in_features, self.features), jnp.float32)
+    return k_KKCO, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+
+class DenseWeights(nn.Module):
+  """The params of `nn.Dense(features)` (kernel (C, O), bias (O,), same names and initialisers), returned
+  instead of applied."""
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features: int) -> tuple[jax.Array, jax.Array]:
+    k_CO = self.param("kernel", nn.initializers.lecun_normal(), (in_features, self.features), jnp.float32)
+    return k_CO, self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+
+
+def fuse_branches(branches_NHWC: list[jax.Array], k_CO: jax.Array, b_O: jax.Array) -> jax.Array:
+  """The 1x1 fusion of concatenated branches, `concat(branches) @ k + b`, as one matmul per branch with its
+  rows of k: the concatenated copy is never built (on CPU it cost as much as the matmul)."""
+  out, start = b_O, 0
+  for branch in branches_NHWC:
+    width = branch.shape[-1]
+    out = out + branch @ k_CO[start:start + width]
+    start += width
+  return out
+
+
 class MultiScaleAttentionBlock(nn.Module):
   """Parallel k x k convs (LeakyReLU 0.1), concatenated in kernel order, 1x1 fusion (LeakyReLU 0.01), CBAM.
 
-  `fuse` returns the 1x1 fusion's pre-activation and `from_fused` the rest, so that a caller that computes
-  the branch convolutions another way (`models.crop_share`) runs the block's own attention."""
+  The parallel convolutions run through `kernels.convs_same` (`conv_impl`: "auto" = one shared FFT of the
+  input on CPU, the plain convolutions elsewhere). `fuse` returns the 1x1 fusion's pre-activation and
+  `from_fused` the rest, so that a caller that computes the branch convolutions another way
+  (`models.crop_share`) runs the block's own attention."""
   features: int
-  kernels: Sequence[int] = (3, 7)
+  kernel_sizes: Sequence[int] = (3, 7)
   reduction: int = 8
+  conv_impl: str = "auto"
 
   def setup(self):
-    self.convs = [conv(self.features, k) for k in self.kernels]   # params convs_0, convs_1, ...
-    self.fusion = nn.Dense(self.features)
+    self.convs = [ConvWeights(self.features, k) for k in self.kernel_sizes]   # params convs_0, convs_1, ...
+    self.fusion = DenseWeights(self.features)
     self.attention = CBAM(self.features, self.reduction, 7)
 
   def fuse(self, x_NHWC: jax.Array) -> jax.Array:
-    branches = [leaky_relu(c(x_NHWC), 0.1) for c in self.convs]
-    return self.fusion(jnp.concatenate(branches, -1))
+    weights = [c(x_NHWC.shape[-1]) for c in self.convs]
+    convolved = kernels.convs_same(x_NHWC, [k for k, _ in weights], self.conv_impl)
+    branches = [leaky_relu(y_NHWO + b_O, 0.1) for y_NHWO, (_, b_O) in zip(convolved, weights)]
+    return fuse_branches(branches, *self.fusion(self.features * len(branches)))
 
   def from_fused(self, fused_NHWC: jax.Array) -> jax.Array:
     return self.attention(leaky_relu(fused_NHWC, 0.01))
@@ -203,8 +222,8 @@ class ConvTranspose2x2(nn.Module):
   @nn.compact
   def __call__(self, x_NHWC: jax.Array) -> jax.Array:
     n, h, w, c = x_NHWC.shape
-    k_22IO = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features))
-    b_O = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    k_22IO = self.param("kernel", nn.initializers.lecun_normal(), (2, 2, c, self.features), jnp.float32)
+    b_O = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
     y_NHiWjO = jnp.einsum("nhwc,ijco->nhiwjo", x_NHWC, k_22IO)
     y_NHWO = y_NHiWjO.reshape(n, 2 * h, 2 * w, self.features) + b_O
     return y_NHWO[:, self.crop:, self.crop:, :]

@@ -144,6 +144,6 @@ def encode(ae: TransformerAE, ae_params: dict, crops: dict, fill_nC: jax.Array |
       t_n = t_n + jnp.einsum("nhwt,nto->nhwo", taps_nHWT, kv_nTO)
     branches.append(blocks.leaky_relu(t_n + c["bias"], 0.1))
   fusion = enc["block1"]["fusion"]
-  fused_n = jnp.concatenate(branches, -1) @ fusion["kernel"] + fusion["bias"]
+  fused_n = blocks.fuse_branches(branches, fusion["kernel"], fusion["bias"])
   return ae.apply({"params": ae_params}, a0_n, fused_n,
                   method=lambda m, a0, fused: m.conv_encoder.from_block1(a0, fused, train=False))
