@@ -28,8 +28,14 @@ gets at least one cube, taken from the largest split; n = 2 gives one train and 
 n = 1 only a train cube.
 
 Files: `OUT/<split>/<modality>-<split>.array_record-<i:05d>-of-<n:05d>` (group_size 1 for random
-access), each written under a temporary name and renamed; `OUT/metadata.json` is written last, also
-atomically, so a directory with metadata.json is a finished build. Cubes are read one at a time.
+access) and `OUT/metadata.json`, written last, so a directory with metadata.json is a finished build.
+Arguments are checked first; the build is written into `.OUT.partial` beside OUT and takes OUT's place
+only when complete, so a failed or killed build (a truncated cube, a full disk, SIGKILL) leaves an earlier
+build untouched; the next build removes the leftover partial. An existing build is replaced only with
+`--overwrite`, and a folder that is not a shard directory never. Cubes are read one at a time. Suspect but
+usable data (a cube without any valid window, without S1 in range, or with all-NaN S1) is skipped or kept
+with a warning, counted in the metadata's `warnings`. Provenance records paths as given, never resolved.
+The shard files and the output checks are in `data_prep.shard_files`.
 """
 from __future__ import annotations
 
@@ -37,34 +43,29 @@ import argparse
 import dataclasses
 import datetime
 import logging
-import os
 import random
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordWriter
-
+from data_prep.shard_files import (  # noqa: F401 (SplitWriter, write_records, is_shard_dir: re-exported)
+    DEFAULT_RECORDS_PER_SHARD, BuildError, SplitWriter, check_output, is_shard_dir, write_records,
+    write_split_records)
 from earthrep import schema
 from earthrep.data import preprocess
-from earthrep.errors import EarthrepError
+from earthrep.errors import run_tool
 from earthrep.io import atomic
 from earthrep.io import cube as cube_lib
 from earthrep.io import provenance
-from earthrep.data.shards import SPLITS, is_shard_file, shard_filename
+from earthrep.data.shards import SPLITS
 
 log = logging.getLogger("build_shards")
+PROG = "python -m data_prep.build_shards"
 
 DEFAULT_SPLIT_FRACTIONS = (0.75, 1 / 6, 1 / 12)
-DEFAULT_RECORDS_PER_SHARD = 1024
 S1_MARGIN_DAYS = 7
-WRITER_OPTIONS = "group_size:1"
 _CHUNK = 256   # candidates cut at a time (bounds memory for large cubes)
-
-
-class BuildError(EarthrepError):
-  pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +90,9 @@ def split_cubes(n: int, seed: int, fractions: Sequence[float] = DEFAULT_SPLIT_FR
                 ) -> dict[str, list[int]]:
   """Cube indices per split (sorted), the reference's scheme generalised (see module docstring)."""
   f = np.asarray(list(fractions) + [0.0] * (3 - len(fractions)), np.float64)
-  if len(fractions) > 3 or (f < 0).any() or f.sum() <= 0:
-    raise ValueError(f"split fractions {list(fractions)}: expected up to 3 non-negative numbers")
+  if len(fractions) > 3 or not np.isfinite(f).all() or (f < 0).any() or f.sum() <= 0:
+    raise BuildError(f"--split-fractions {','.join(f'{x:g}' for x in fractions)}: expected up to 3 "
+                     "non-negative numbers (train,validation,test) with a positive sum")
   f = f / f.sum()
   n_train = int(f[0] * n + 1e-9)
   rest = n - n_train
@@ -154,7 +156,7 @@ def sampling_for(modality: str, spatial_stride: int | None = None, time_stride: 
   sampling = SAMPLING[modality]
   for name, value in (("spatial_stride", spatial_stride), ("time_stride", time_stride)):
     if value is not None and value < 1:
-      raise ValueError(f"{name} {value}: expected a positive number of pixels / dates")
+      raise BuildError(f"--{name.replace('_', '-')} {value}: expected a positive number of pixels / dates")
   return dataclasses.replace(sampling, spatial_stride=spatial_stride or sampling.spatial_stride,
                              time_stride=time_stride or sampling.time_stride)
 
@@ -223,60 +225,33 @@ def cube_records(cube: schema.SiteCube, modality: str, cube_index: int, seed: in
 # ---------------------------------------------------------------------------------------------
 # Writing.
 # ---------------------------------------------------------------------------------------------
-class SplitWriter:
-  """Writes one split's records into files of `records_per_shard`, renamed to final names on close."""
-
-  def __init__(self, out_dir: Path, modality: str, split: str, records_per_shard: int):
-    self.dir = out_dir / split
-    self.dir.mkdir(parents=True, exist_ok=True)
-    self.modality, self.split, self.per_shard = modality, split, records_per_shard
-    self.temp_paths: list[Path] = []
-    self.counts: list[int] = []
-    self._writer: ArrayRecordWriter | None = None
-
-  def write(self, record: bytes) -> None:
-    if self._writer is None or self.counts[-1] >= self.per_shard:
-      self._close_current()
-      path = self.dir / f".{self.modality}-{self.split}.{len(self.temp_paths):05d}.partial"
-      self._writer = ArrayRecordWriter(str(path), WRITER_OPTIONS)
-      if not self._writer.ok():
-        raise BuildError(f"{path}: cannot open for writing")
-      self.temp_paths.append(path)
-      self.counts.append(0)
-    self._writer.write(record)
-    self.counts[-1] += 1
-
-  def _close_current(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-  def close(self, out_dir: Path) -> list[dict[str, Any]]:
-    self._close_current()
-    files = []
-    for i, (temp, n) in enumerate(zip(self.temp_paths, self.counts)):
-      final = self.dir / shard_filename(self.modality, self.split, i, len(self.temp_paths))
-      os.replace(temp, final)
-      files.append({"path": str(final.relative_to(out_dir)), "num_records": n})
-    return files
-
-  def abort(self) -> None:
-    self._close_current()
-    for temp in self.temp_paths:
-      temp.unlink(missing_ok=True)
-
-
 _code_version = provenance.code_version
 
 
-def _clear_previous(out: Path) -> None:
-  """Removes a previous build's metadata first (so a half-rebuilt directory never looks finished)."""
-  (out / schema.SHARD_METADATA).unlink(missing_ok=True)
-  for split in SPLITS:
-    if (out / split).is_dir():
-      for p in (out / split).iterdir():
-        if is_shard_file(p) or p.name.endswith(".partial"):
-          p.unlink()
+def check_arguments(modality: str, seed: int, split_fractions: Sequence[float], records_per_shard: int,
+                    delta_rule: str, spatial_stride: int | None, time_stride: int | None) -> Sampling:
+  """Raises BuildError naming the argument unless every one is valid; returns the sampling."""
+  if modality not in schema.MODALITIES:
+    raise BuildError(f"--modality {modality!r}: expected one of {schema.MODALITIES}")
+  if delta_rule not in preprocess.DELTA_DAYS_RULES:
+    raise BuildError(f"--delta-rule {delta_rule!r}: expected one of {preprocess.DELTA_DAYS_RULES}")
+  if records_per_shard < 1:
+    raise BuildError(f"--records-per-shard {records_per_shard}: expected >= 1")
+  if seed < 0:
+    raise BuildError(f"--seed {seed}: expected a non-negative integer (numpy seeds)")
+  split_cubes(3, seed, split_fractions)   # raises on bad fractions
+  return sampling_for(modality, spatial_stride, time_stride)
+
+
+def parse_fractions(text: str | None) -> Sequence[float]:
+  """`--split-fractions` text -> numbers (None: the reference's default)."""
+  if text is None:
+    return DEFAULT_SPLIT_FRACTIONS
+  try:
+    return [float(x) for x in text.split(",") if x.strip()]
+  except ValueError:
+    raise BuildError(f"--split-fractions {text!r}: expected up to 3 comma-separated numbers, e.g. "
+                     "0.75,0.17,0.08") from None
 
 
 def _scaling() -> dict[str, str]:
@@ -287,130 +262,105 @@ def _scaling() -> dict[str, str]:
           "stored": "before filling: NaN = invalid; the loader fills and builds masks"}
 
 
+def _read(path: Path) -> schema.SiteCube:
+  try:
+    return cube_lib.read_cube(path)
+  except Exception as e:   # any unreadable cube stops the build with its name (the old build is kept)
+    raise BuildError(f"cannot read cube {path}: {e}") from e
+
+
 def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int = 42,
                  split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
                  records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, delta_rule: str = "calendar",
-                 spatial_stride: int | None = None, time_stride: int | None = None) -> dict[str, Any]:
+                 spatial_stride: int | None = None, time_stride: int | None = None, overwrite: bool = False,
+                 command: str | None = None) -> dict[str, Any]:
   """Builds the shard directory `out` from the site cubes under `cubes`; returns the metadata.
 
   `spatial_stride` / `time_stride` override the reference's crop and window strides (None keeps them;
-  the demo samples its few cubes more densely)."""
-  if modality not in schema.MODALITIES:
-    raise ValueError(f"modality {modality!r}: expected one of {schema.MODALITIES}")
-  if delta_rule not in preprocess.DELTA_DAYS_RULES:
-    raise ValueError(f"delta rule {delta_rule!r}: expected one of {preprocess.DELTA_DAYS_RULES}")
-  if records_per_shard < 1:
-    raise ValueError("records_per_shard must be >= 1")
-  sampling = sampling_for(modality, spatial_stride, time_stride)
-  paths = cube_lib.find_cubes(cubes)
+  the demo samples its few cubes more densely). An existing build is replaced only with `overwrite`;
+  `command` (the command line, as typed) is recorded in the provenance."""
+  sampling = check_arguments(modality, seed, split_fractions, records_per_shard, delta_rule, spatial_stride,
+                             time_stride)
   out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  _clear_previous(out)
+  check_output(out, {"--cubes": cubes}, overwrite)
+  paths = cube_lib.find_cubes(cubes)
   assignment = split_cubes(len(paths), seed, split_fractions)
   split_of = {i: s for s, ids in assignment.items() for i in ids}
   spec = schema.RecordSpec(modality)
-  writers = {s: SplitWriter(out, modality, s, records_per_shard) for s in SPLITS}
   cube_rows: list[dict[str, Any]] = []
-  try:
+  warnings: list[str] = []
+
+  def warn(message: str) -> None:
+    warnings.append(message)
+    log.warning("%s", message)
+
+  def records() -> Iterator[tuple[str, bytes]]:
     for index, path in enumerate(paths):
-      try:
-        cube = cube_lib.read_cube(path)
-      except Exception as e:
-        raise BuildError(f"cannot read cube {path}: {e}") from e
+      cube = _read(path)
       stats: dict[str, int] = {}
       n = 0
-      for record in cube_records(cube, modality, index, seed, delta_rule, stats, sampling):
-        writers[split_of[index]].write(spec.encode(record))
-        n += 1
       cube_id = path.parent.name if path.suffix == ".zarr" else path.name
-      row = {"index": index, "cube_id": cube_id, "site_id": cube.meta.site_id, "path": str(path.resolve()),
-             "split": split_of[index], "num_records": n, **stats}
-      cube_rows.append(row)
+      s1_idx = s1_in_range(cube, sampling.s1_margin_days)
+      if modality != "s2" and s1_idx.size and np.isnan(cube.s1_gamma0[s1_idx]).all():
+        warn(f"cube {cube_id} ({path}): s1_gamma0: all NaN in the S2 period (no S1 data); no record has S1 "
+             "values")
+      for record in cube_records(cube, modality, index, seed, delta_rule, stats, sampling):
+        yield split_of[index], spec.encode(record)
+        n += 1
+      cube_rows.append({"index": index, "cube_id": cube_id, "site_id": cube.meta.site_id,
+                        "path": provenance.user_path(path), "split": split_of[index], "num_records": n, **stats})
       if n == 0:
         reason = "no S1 acquisition in range" if stats.get("no_s1") else "no valid window"
-        log.warning("cube %s (%s): %s, skipped", path, cube_id, reason)
+        warn(f"cube {cube_id} ({path}): {reason}, skipped")
       else:
         log.info("cube %d/%d %s -> %s: %d records", index + 1, len(paths), cube_id, split_of[index], n)
       del cube
+
+  with atomic.staged_dir(out) as stage:
+    files = write_split_records(stage, modality, records_per_shard, records())
     if not any(row["num_records"] for row in cube_rows):
       raise BuildError(f"no cube under {cubes} yields a valid {modality} patch (too few clear dates, "
                        f"S1 acquisitions or pixels for the sampling {dataclasses.asdict(sampling)})")
-    files = {s: w.close(out) for s, w in writers.items()}
-  except BaseException:
-    for w in writers.values():
-      w.abort()
-    raise
-  splits = {}
-  for s in SPLITS:
-    ids = assignment[s]
-    splits[s] = {"num_records": int(sum(f["num_records"] for f in files[s])), "files": files[s],
-                 "cube_indices": ids, "cube_ids": [cube_rows[i]["cube_id"] for i in ids]}
-  meta = {
-      "format_version": schema.SHARD_FORMAT_VERSION,
-      "modality": modality,
-      "layout": spec.layout(),
-      "record_nbytes": spec.nbytes,
-      "band_order": {"s2": list(schema.S2_BANDS), "s1": list(schema.S1_BANDS),
-                     "channels": list(schema.channel_names(modality))},
-      "scaling": _scaling(),
-      "days": "days since 1970-01-01 of the acquisition's calendar day (UTC), int32",
-      "delta_days_rule": delta_rule if modality == "fused" else None,
-      "splits": splits,
-      "counts": {s: splits[s]["num_records"] for s in SPLITS},
-      "cubes": cube_rows,
-      "sampling": dataclasses.asdict(sampling) | {
-          "rng": "numpy default_rng(SeedSequence([seed, cube_index])); 11-of-window subsets drawn for every "
-                 "candidate in (t, y, x) order before filtering",
-          "s2_modality": "same sampling (and draws) as fused" if modality == "s2" else None},
-      "split_scheme": {"fractions": [float(x) for x in split_fractions], "seed": seed,
-                       "rule": "random.Random(seed): sample(range(n), int(f_train n)) -> train; rest shuffled,"
-                               " first int(f_val/(f_val+f_test) rest) -> validation, remainder -> test; n >= 3:"
-                               " each split with a positive fraction gets >= 1 cube; n = 2: train + validation"},
-      "seed": seed,
-      "provenance": {"cubes_dir": str(Path(cubes).resolve()), "cube_paths": [str(p.resolve()) for p in paths],
-                     "site_ids": [row["site_id"] for row in cube_rows], "code_version": _code_version(),
-                     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                     "command": " ".join(sys.argv)},
-  }
-  atomic.write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
+    splits = {}
+    for s in SPLITS:
+      ids = assignment[s]
+      splits[s] = {"num_records": int(sum(f["num_records"] for f in files[s])), "files": files[s],
+                   "cube_indices": ids, "cube_ids": [cube_rows[i]["cube_id"] for i in ids]}
+    meta = {
+        "format_version": schema.SHARD_FORMAT_VERSION,
+        "modality": modality,
+        "layout": spec.layout(),
+        "record_nbytes": spec.nbytes,
+        "band_order": {"s2": list(schema.S2_BANDS), "s1": list(schema.S1_BANDS),
+                       "channels": list(schema.channel_names(modality))},
+        "scaling": _scaling(),
+        "days": "days since 1970-01-01 of the acquisition's calendar day (UTC), int32",
+        "delta_days_rule": delta_rule if modality == "fused" else None,
+        "splits": splits,
+        "counts": {s: splits[s]["num_records"] for s in SPLITS},
+        "cubes": cube_rows,
+        "warnings": {"count": len(warnings), "messages": warnings},
+        "sampling": dataclasses.asdict(sampling) | {
+            "rng": "numpy default_rng(SeedSequence([seed, cube_index])); 11-of-window subsets drawn for every "
+                   "candidate in (t, y, x) order before filtering",
+            "s2_modality": "same sampling (and draws) as fused" if modality == "s2" else None},
+        "split_scheme": {"fractions": [float(x) for x in split_fractions], "seed": seed,
+                         "rule": "random.Random(seed): sample(range(n), int(f_train n)) -> train; rest shuffled,"
+                                 " first int(f_val/(f_val+f_test) rest) -> validation, remainder -> test; n >= 3:"
+                                 " each split with a positive fraction gets >= 1 cube; n = 2: train + validation"},
+        "seed": seed,
+        "provenance": {"cubes_dir": provenance.user_path(cubes),
+                       "cube_paths": [provenance.user_path(p) for p in paths],
+                       "site_ids": [row["site_id"] for row in cube_rows], "code_version": _code_version(),
+                       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                       **({"command": command} if command else {})},
+    }
+    atomic.write_text(stage / schema.SHARD_METADATA, schema.dumps_metadata(meta))
   return meta
 
 
-def write_records(out: str | Path, spec: schema.RecordSpec, records: dict[str, Iterator[dict[str, Any]]],
-                  *, records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, extra: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
-  """Writes ready-made records per split into a shard directory (data of sensors beyond S1/S2).
-
-  The layout of `spec` is stored in the metadata and is what readers decode with, so a new sensor
-  needs no change here or in `earthrep.data`.
-  """
-  out = Path(out)
-  out.mkdir(parents=True, exist_ok=True)
-  _clear_previous(out)
-  writers = {s: SplitWriter(out, spec.modality, s, records_per_shard) for s in SPLITS}
-  try:
-    for split, split_records in records.items():
-      for record in split_records:
-        writers[split].write(spec.encode(record))
-    files = {s: w.close(out) for s, w in writers.items()}
-  except BaseException:
-    for w in writers.values():
-      w.abort()
-    raise
-  splits = {s: {"num_records": int(sum(f["num_records"] for f in files[s])), "files": files[s]}
-            for s in SPLITS}
-  meta = {"format_version": schema.SHARD_FORMAT_VERSION, "modality": spec.modality,
-          "layout": spec.layout(), "record_nbytes": spec.nbytes, "splits": splits,
-          "counts": {s: splits[s]["num_records"] for s in SPLITS},
-          "provenance": {"code_version": _code_version(),
-                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
-          **(extra or {})}
-  atomic.write_text(out / schema.SHARD_METADATA, schema.dumps_metadata(meta))
-  return meta
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _main(argv: Sequence[str] | None) -> int:
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
   parser.add_argument("--cubes", required=True, help="cubes dir (DIR/cubes/<site>) or one site folder")
   parser.add_argument("--out", required=True, help="output shard directory")
   parser.add_argument("--modality", required=True, choices=schema.MODALITIES)
@@ -426,19 +376,25 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--delta-rule", choices=preprocess.DELTA_DAYS_RULES, default="calendar",
                       help="fused delta_days: calendar days (inference rule) or the reference's training "
                            "rule (floored nanosecond difference)")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing build in --out")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  fractions = (DEFAULT_SPLIT_FRACTIONS if args.split_fractions is None
-               else [float(x) for x in args.split_fractions.split(",") if x.strip()])
-  try:
-    meta = build_shards(args.cubes, args.out, args.modality, seed=args.seed, split_fractions=fractions,
-                        records_per_shard=args.records_per_shard, delta_rule=args.delta_rule,
-                        spatial_stride=args.spatial_stride, time_stride=args.time_stride)
-  except (BuildError, cube_lib.CubeError, ValueError) as e:
-    sys.exit(f"build_shards: error: {e}")
+  meta = build_shards(args.cubes, args.out, args.modality, seed=args.seed,
+                      split_fractions=parse_fractions(args.split_fractions),
+                      records_per_shard=args.records_per_shard, delta_rule=args.delta_rule,
+                      spatial_stride=args.spatial_stride, time_stride=args.time_stride, overwrite=args.overwrite,
+                      command=provenance.command_line("data_prep.build_shards",
+                                                      sys.argv[1:] if argv is None else argv))
   print(f"{args.out}: {args.modality} records " +
         ", ".join(f"{s} {meta['counts'][s]} ({len(meta['splits'][s]['cube_ids'])} cubes)" for s in SPLITS))
+  if meta["warnings"]["count"]:
+    print(f"{args.out}: {meta['warnings']['count']} warning(s), listed in {schema.SHARD_METADATA}")
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return run_tool(_main, argv, PROG)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

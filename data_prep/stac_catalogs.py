@@ -6,7 +6,8 @@ bbox, datetime and max cloud are then applied client-side). Every item is return
 re-keyed to the canonical names of `BAND_NAMES` (S2_BANDS + "SCL", S1 "VV"/"VH") and absolute hrefs, so
 one `odc.stac.load` call can mix items of several catalogues. Credentials come only from the environment
 (`CDSE_S3_ACCESS_KEY` / `CDSE_S3_SECRET_KEY`, `PC_SDK_SUBSCRIPTION_KEY`); they are handed to GDAL in
-memory and never logged: `describe_auth` names variables, never values.
+memory and never logged: `describe_auth` names variables, never values. A catalogue URL keeps its
+credentials only in `CatalogSpec.url` (to connect); its `name`, which logs and reports show, is redacted.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from earthrep.errors import EarthrepError
+from earthrep.io import provenance
 from earthrep.schema import S2_BANDS
 
 SCL = "SCL"
@@ -73,13 +75,13 @@ def resolve_catalog(catalog: str, s2_collection: str | None = None, s1_collectio
   """A name, an http(s) URL or a local catalog.json -> CatalogSpec; raises BuildError for anything else."""
   if catalog in CATALOGS:
     spec = CATALOGS[catalog]
-  elif catalog.startswith(("http://", "https://")):
-    spec = CatalogSpec(catalog, catalog, "sentinel-2-l2a", "sentinel-1-rtc", "none")
+  elif catalog.startswith(("http://", "https://")):   # the name (logs, report) never holds credentials
+    spec = CatalogSpec(provenance.redact(catalog), catalog, "sentinel-2-l2a", "sentinel-1-rtc", "none")
   else:
     path = _local_path(catalog)
     if path is None or catalog.startswith(("s3://", "gs://")):
-      raise BuildError(f"--catalog {catalog!r}: unknown catalogue; expected one of {sorted(CATALOGS)}, an "
-                       "http(s) STAC API URL or a local catalog.json")
+      raise BuildError(f"--catalog {provenance.redact(catalog)!r}: unknown catalogue; expected one of "
+                       f"{sorted(CATALOGS)}, an http(s) STAC API URL or a local catalog.json")
     if path.is_dir():
       path = path / "catalog.json"
     if not path.is_file():
@@ -153,18 +155,25 @@ class Searcher:
   def __init__(self, spec: CatalogSpec, auth: str | None = None):
     self.spec, self.auth = spec, auth or spec.auth
     gdal_auth_options(self.auth)   # fail early on missing credentials
-    if is_local(spec):
-      import pystac
-      root = pystac.Catalog.from_file(spec.url)
-      self._local_items = list(root.get_items(recursive=True))
-      self._client = None
-    else:
-      import pystac_client
-      modifier = None
-      if self.auth == "planetary-computer":
-        import planetary_computer
-        modifier = planetary_computer.sign_inplace
-      self._client = pystac_client.Client.open(spec.url, modifier=modifier)
+    try:
+      if is_local(spec):
+        import pystac
+        root = pystac.Catalog.from_file(spec.url)
+        self._local_items = list(root.get_items(recursive=True))
+        self._client = None
+      else:
+        import pystac_client
+        modifier = None
+        if self.auth == "planetary-computer":
+          import planetary_computer
+          modifier = planetary_computer.sign_inplace
+        self._client = pystac_client.Client.open(spec.url, modifier=modifier)
+    except ImportError as e:
+      raise BuildError(f"--catalog {spec.name}: needs {e.name}; install the extra with "
+                       "`pip install 'earthrep[stac]'`") from None
+    except Exception as e:   # unreachable, not JSON, not a STAC catalogue: a set-up error for the whole run
+      raise BuildError(f"--catalog {spec.name}: cannot open the catalogue "
+                       f"({type(e).__name__}: {provenance.redact(str(e))})") from None
 
   def search(self, collection: str, bbox: Sequence[float], start: str, end: str,
              max_cloud: float | None = None) -> list[Any]:

@@ -13,15 +13,14 @@ import argparse
 import sys
 from typing import Sequence
 
-from earthrep.data.windows import WindowError
-from earthrep.inference.engine import ModelError
-from earthrep.inference.feature_cubes import DEFAULT_TILE, EmbedError, embed_cube
-from earthrep.io.checkpoint import CheckpointError
-from earthrep.io.cube import CubeError
+from earthrep.errors import run_tool
+from earthrep.inference.feature_cubes import DEFAULT_TILE, embed_cube
+
+PROG = "python -m earthrep.embed"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m earthrep.embed", description=__doc__.split("\n")[0])
+def _main(argv: Sequence[str] | None) -> int:
+  parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="fusion workdir or converted checkpoint")
   parser.add_argument("--cube", required=True, help="site cube (.zarr, site dir or GeoTIFF stack)")
   parser.add_argument("--out", required=True, help="output .zarr")
@@ -30,22 +29,23 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--batch", type=int, help="windows per batch (default: from available memory)")
   parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="tile / chunk size in output pixels")
   group = parser.add_mutually_exclusive_group()
-  group.add_argument("--resume", action="store_true")
-  group.add_argument("--overwrite", action="store_true")
+  group.add_argument("--resume", action="store_true", help="finish an interrupted run (same arguments)")
+  group.add_argument("--overwrite", action="store_true",
+                     help="replace an existing output (feature cube, GeoTIFFs, quick-look) or partial run")
   parser.add_argument("--scheduler", help="address of a dask.distributed scheduler")
   parser.add_argument("--quicklook", help="ISO date of a PNG quick-look, or auto (the clearest date)")
   parser.add_argument("--naive", action="store_true", help="reference path: full forward per window")
   parser.add_argument("--embedding", default="fused",
                       help="fused (zf, default) or a sensor (s1, s2): that sensor's own autoencoder code")
   args = parser.parse_args(argv)
-  try:
-    embed_cube(args.model, args.cube, args.out, dates=args.dates, naive=args.naive, batch=args.batch,
-               tile=args.tile, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
-               geotiff=args.geotiff, quicklook=args.quicklook, embedding=args.embedding)
-  except (EmbedError, CubeError, ModelError, CheckpointError, WindowError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  embed_cube(args.model, args.cube, args.out, dates=args.dates, naive=args.naive, batch=args.batch,
+             tile=args.tile, resume=args.resume, overwrite=args.overwrite, scheduler=args.scheduler,
+             geotiff=args.geotiff, quicklook=args.quicklook, embedding=args.embedding)
   return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  return run_tool(_main, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -178,7 +178,8 @@ def test_credentials_never_logged_or_written(world, tmp_path, monkeypatch, caplo
   monkeypatch.setenv("CDSE_S3_ACCESS_KEY", "access-" + SECRET)
   with caplog.at_level(logging.INFO):
     assert build_cubes.main(_args(world, tmp_path / "nokey", "--auth", "cdse", sites=sites)) == 2
-  assert "CDSE_S3_SECRET_KEY" in caplog.text and SECRET not in caplog.text
+  err = capsys.readouterr().err   # one line: "python -m data_prep.build_cubes: error: ..."
+  assert "CDSE_S3_SECRET_KEY" in err and SECRET not in caplog.text + err and len(err.strip().splitlines()) == 1
   monkeypatch.setenv("CDSE_S3_SECRET_KEY", SECRET)
   for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):   # build_cubes exports these for GDAL
     monkeypatch.setenv(name, "placeholder")

@@ -103,7 +103,7 @@ def test_truncated_npz_and_wrong_preset(tmp_path, s1):
 def test_corrupt_orbax_checkpoint_is_reported(tmp_path, s1):
   _, sd = s1
   out = convert.convert(_write_npz(tmp_path / "w.npz", sd), "s1_ae", tmp_path / "ckpt")
-  with pytest.raises(convert.ConvertError, match="not empty"):
+  with pytest.raises(convert.ConvertError, match="exists.*--overwrite"):
     convert.convert(tmp_path / "w.npz", "s1_ae", out)
   for f in (out / "0" / "params").rglob("*"):
     if f.is_file() and f.name != "commit_success.txt":

@@ -14,7 +14,7 @@ from earthrep import embed
 from earthrep.data import windows as W
 from earthrep.inference import engine as engine_lib
 from earthrep.inference import feature_cubes
-from earthrep.io import feature_cube
+from earthrep.io import atomic, feature_cube
 from earthrep.io.cube import write_zarr
 
 SIZE, DAYS = 18, 200     # output grid 4x4 (4 tiles of 2x2)
@@ -192,7 +192,7 @@ def test_dask_cluster_equals_local(local_run, paths):
 def test_bad_inputs(paths, tmp_path, local_run):
   model_dir, cube, root = paths
   assert embed.main(["--model", str(model_dir), "--cube", str(cube), "--out", str(local_run[0])]) == 2
-  with pytest.raises(feature_cubes.EmbedError, match="exists"):
+  with pytest.raises(atomic.OutputError, match="exists.*--overwrite"):
     feature_cubes.embed_cube(str(model_dir), str(cube), str(local_run[0]))
   # no valid window: a short cube
   short = write_zarr(make_site_cube(1, size=SIZE, days=25), tmp_path / "short")

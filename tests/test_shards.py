@@ -220,7 +220,7 @@ def test_denser_strides_cut_more_patches_and_are_recorded(built, world, tmp_path
   assert reference["sampling"]["spatial_stride"] == 9 and reference["sampling"]["time_stride"] == 17
   assert dense["sampling"]["spatial_stride"] == 5 and dense["sampling"]["time_stride"] == 10
   assert sum(dense["counts"].values()) > 2 * sum(reference["counts"].values())
-  with pytest.raises(ValueError, match="spatial_stride 0"):
+  with pytest.raises(ValueError, match="spatial-stride 0"):
     bs.sampling_for("s2", spatial_stride=0)
 
 

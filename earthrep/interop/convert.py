@@ -9,8 +9,11 @@ misshaped key raises naming it; the fusion's unused `bottleneck_expander` is ign
 format (`kind`, `sensor`, `model` = the module fields); `load_params(<out>)` rebuilds both. Presets:
 s1_ae and s2_ae take the sensor registry's stage-1 sizes (S1: C 2, d_b 2, N 7; S2: C 10, d_b 9, N 6),
 fusion = both + FusedS1S2 (d_b 7). The encoder attends per sample unless `reference_batch_mixing`
-(bit-exact reference behaviour, batch-dependent). The output is written into a temporary sibling and
-renamed when complete.
+(bit-exact reference behaviour, batch-dependent). Arguments and the output are checked before the state
+dict is read; the output is written into a temporary sibling and renamed when complete. An existing output
+is replaced only with `overwrite`, and only if it is a converted checkpoint (`model_config.json` beside
+step folders; never a training workdir).
+`model_config.json` records the source file as the user gave it.
 """
 from __future__ import annotations
 
@@ -25,10 +28,11 @@ import orbax.checkpoint as ocp
 from earthrep import sensors
 from earthrep.errors import EarthrepError
 from earthrep.interop import torch_import
-from earthrep.io import atomic, checkpoint
+from earthrep.io import atomic, checkpoint, provenance
 from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config
 from earthrep.models.fusion import FusionModel, fusion_config, fusion_from_config
 from earthrep.models.params import abstract_params
+from earthrep.schema import PATCH_FRAMES
 
 REFERENCE_SENSORS = ("s1", "s2")
 PRESETS = {f"{s}_ae": dict(sensors.get(s).stage1) for s in REFERENCE_SENSORS}
@@ -45,6 +49,9 @@ def preset_model(name: str, *, reference_batch_mixing: bool = False,
                  reduced_tokens: int | None = None) -> TransformerAE | FusionModel:
   if name not in MODELS:
     raise ConvertError(f"model {name!r}: expected one of {MODELS}")
+  if reduced_tokens is not None and not 1 <= reduced_tokens <= PATCH_FRAMES:
+    raise ConvertError(f"--reduced-tokens {reduced_tokens}: expected 1 to {PATCH_FRAMES} (the tokens that the "
+                       f"{PATCH_FRAMES} frames are reduced to)")
   if name == "fusion":
     if reduced_tokens is not None:
       raise ConvertError("--reduced-tokens applies to s1_ae / s2_ae only")
@@ -111,16 +118,39 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
   sd = _npz_state_dict(path) if path.suffix == ".npz" else _torch_state_dict(path, allow_pickle)
   if not sd:
     raise ConvertError(f"{path}: holds no tensors")
+  broken = [k for k, v in sd.items() if np.issubdtype(np.asarray(v).dtype, np.floating)
+            and not np.isfinite(v).all()]
+  if broken:
+    raise ConvertError(f"{path}: {broken[0]}: non-finite values (NaN or inf) in {len(broken)} tensor(s); "
+                       "the checkpoint is broken")
   if all(k.startswith("model.") for k in sd):
     sd = {k[len("model."):]: v for k, v in sd.items()}
   return sd
 
 
-def save_params(out_dir: str | os.PathLike, params: Any, config: Mapping[str, Any]) -> Path:
-  """Writes `<out>/0/params` (Orbax) and `<out>/model_config.json` atomically; refuses to overwrite."""
+def _is_converted_checkpoint(path: Path) -> bool:
+  """A directory this tool wrote: model_config.json beside step folders, not a training workdir."""
+  return (path / checkpoint.MODEL_CONFIG).is_file() and not any((path / d).exists() for d in
+                                                                 ("checkpoints", "best", "tensorboard"))
+
+
+def check_output(out_dir: str | os.PathLike, overwrite: bool = False,
+                 inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
+  """Raises unless `out_dir` may be written: new or empty, or (with `overwrite`) an earlier checkpoint."""
+  try:
+    atomic.check_apart(out_dir, dict(inputs or {}))
+    atomic.check_target(out_dir, overwrite=overwrite, kind="converted checkpoint",
+                        is_kind=_is_converted_checkpoint)
+  except atomic.OutputError as e:
+    raise ConvertError(str(e)) from None
+
+
+def save_params(out_dir: str | os.PathLike, params: Any, config: Mapping[str, Any], *,
+                overwrite: bool = False) -> Path:
+  """Writes `<out>/0/params` (Orbax) and `<out>/model_config.json` atomically; an existing output is
+  replaced only with `overwrite` (see `check_output`)."""
+  check_output(out_dir, overwrite)
   out = Path(out_dir).absolute()
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    raise ConvertError(f"{out}: exists and is not empty; choose a new --out directory")
   out.parent.mkdir(parents=True, exist_ok=True)
   with atomic.atomic_path(out) as tmp:
     mngr = ocp.CheckpointManager(tmp, options=ocp.CheckpointManagerOptions(create=True),
@@ -142,13 +172,14 @@ def load_params(ckpt_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
 def convert(state_dict_path: str | os.PathLike, model: str, out_dir: str | os.PathLike, *,
             reference_batch_mixing: bool = False, reduced_tokens: int | None = None,
-            allow_pickle: bool = False) -> Path:
+            allow_pickle: bool = False, overwrite: bool = False) -> Path:
   module = preset_model(model, reference_batch_mixing=reference_batch_mixing, reduced_tokens=reduced_tokens)
+  check_output(out_dir, overwrite, {"--state-dict": state_dict_path})
   state_dict = read_state_dict(state_dict_path, allow_pickle=allow_pickle)
   try:
     params = torch_import.params_from_state_dict(module, state_dict)
   except torch_import.StateDictError as e:
     raise ConvertError(f"{state_dict_path}: {e}") from e
   sensor = None if model == "fusion" else model.split("_")[0]
-  config = model_config(module, sensor) | {"source": str(Path(state_dict_path).absolute())}
-  return save_params(out_dir, params, config)
+  config = model_config(module, sensor) | {"source": provenance.user_path(state_dict_path)}
+  return save_params(out_dir, params, config, overwrite=overwrite)

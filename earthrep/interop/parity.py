@@ -5,7 +5,8 @@ kinds of vector files are read: the full ones (../shared/reference/vectors, with
 the compact ones vendored in tests/data/parity (from ../shared/reference/vectors_compact: no `param/*`,
 the parameters follow the recipe of their README, `recipe_state_dict`). The parameters go through
 `earthrep.interop.torch_import` (aliases of shared tensors must be equal); the file's `meta/config` must
-describe the requested model (an S1 file is refused for s2_ae). The model is built from `meta/config` in
+describe the requested model (an S1 file is refused for s2_ae), and its inputs must be present with the
+shapes that model takes; a file with nothing to compare is refused too. The model is built from `meta/config` in
 compatibility mode (`reference_batch_mixing=True`), runs the `inputs/*` (reference (B, T, C, H, W)
 transposed to channels-last) under float32 'highest' matmul precision, and every `outputs/*`, `inter/*`,
 `check/*` and `loss/*` array of the file is compared with the tolerances of vectors/README.md. Any batch
@@ -27,6 +28,7 @@ from earthrep.errors import EarthrepError
 from earthrep.interop import torch_import
 from earthrep.models.autoencoder import TransformerAE
 from earthrep.models.fusion import FusionModel
+from earthrep.schema import PATCH_FRAMES, PATCH_PX
 from earthrep.training import losses
 
 MODELS = ("s1_ae", "s2_ae", "fusion")
@@ -168,8 +170,53 @@ def _load(model: Any, vec: Any) -> dict:
   return torch_import.params_from_state_dict(model, state_dict)
 
 
+_INPUTS = {"ae": ("inputs/x", "inputs/mask", "inputs/time_gaps"),
+           "fusion": ("inputs/x", "inputs/mask", "inputs/gaps_s1", "inputs/gaps_s2", "inputs/delta_days")}
+_AE_FIELDS = ("channels", "dbottleneck", "num_reduced_tokens")
+
+
+def _channels(vectors: str, cfg: dict, where: str) -> int:
+  try:
+    return int(cfg[where.rsplit(".", 1)[-1]])
+  except (KeyError, TypeError, ValueError):
+    raise ParityError(f"{vectors}: meta/config: {where} {cfg.get(where.rsplit('.', 1)[-1])!r}: expected a "
+                      "number of channels") from None
+
+
+def _check_inputs(vectors: str, vec: Any, cfg: dict, model: str) -> None:
+  """Refuses missing inputs or config fields, and inputs whose shapes do not fit the model."""
+  kind = "fusion" if model == "fusion" else "ae"
+  groups = {s: cfg[s] for s in ("s1", "s2")} if kind == "fusion" else {"": cfg}
+  for name, group in groups.items():
+    if not isinstance(group, dict):
+      raise ParityError(f"{vectors}: meta/config: {name}: expected a dict of model fields")
+    missing = [f"{name}.{f}".lstrip(".") for f in _AE_FIELDS if f not in group]
+    if missing:
+      raise ParityError(f"{vectors}: meta/config: missing field(s) {missing}")
+  if kind == "fusion" and "dbottleneck" not in cfg:
+    raise ParityError(f"{vectors}: meta/config: missing field dbottleneck")
+  missing = [k for k in _INPUTS[kind] if k not in vec.files]
+  if missing:
+    raise ParityError(f"{vectors}: {missing[0]}: missing array (a parity file holds {list(_INPUTS[kind])})")
+  channels = sum(_channels(vectors, g, f"{n}.channels".lstrip(".")) for n, g in groups.items())
+  x = vec["inputs/x"]
+  want = (PATCH_FRAMES, channels, PATCH_PX, PATCH_PX)
+  if x.ndim != 5 or tuple(x.shape[1:]) != want:
+    raise ParityError(f"{vectors}: inputs/x: shape {tuple(x.shape)}, expected (batch, {', '.join(map(str, want))})"
+                      " (reference layout B, T, C, H, W)")
+  if vec["inputs/mask"].shape != x.shape:
+    raise ParityError(f"{vectors}: inputs/mask: shape {tuple(vec['inputs/mask'].shape)}, "
+                      f"expected {tuple(x.shape)}")
+  for key in _INPUTS[kind][2:4]:
+    if vec[key].shape != (x.shape[0], PATCH_FRAMES - 1):
+      raise ParityError(f"{vectors}: {key}: shape {tuple(vec[key].shape)}, "
+                        f"expected ({x.shape[0]}, {PATCH_FRAMES - 1})")
+
+
 def _check_kind(vectors: str, cfg: dict, model: str) -> None:
   """Refuses a vector file made for another model (its meta/config describes the model it holds)."""
+  if not isinstance(cfg, dict):
+    raise ParityError(f"{vectors}: meta/config: {type(cfg).__name__}, expected a JSON object")
   is_fusion = "s1" in cfg and "s2" in cfg
   if model == "fusion" and not is_fusion:
     raise ParityError(f"{vectors}: meta/config: an autoencoder's vectors (channels {cfg.get('channels')}), "
@@ -178,7 +225,7 @@ def _check_kind(vectors: str, cfg: dict, model: str) -> None:
     if is_fusion:
       raise ParityError(f"{vectors}: meta/config: fusion vectors, not {model}")
     want = sensors.get(model.split("_")[0]).stage1["channels"]
-    if int(cfg.get("channels", -1)) != want:
+    if _channels(vectors, cfg, "channels") != want:
       raise ParityError(f"{vectors}: meta/config: channels {cfg.get('channels')}, but {model} has {want}")
 
 
@@ -192,11 +239,18 @@ def run_parity(vectors: str, model: str) -> list[tuple[str, float, float, bool]]
   except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
     raise ParityError(f"{vectors}: unreadable parity vectors ({type(e).__name__}: {e})") from e
   _check_kind(vectors, cfg, model)
+  _check_inputs(vectors, vec, cfg, model)
+  compared = sorted(k for k in vec.files if k.startswith(COMPARED))
+  if not compared:
+    raise ParityError(f"{vectors}: holds no {', '.join(p + '*' for p in COMPARED)} arrays to compare")
   build: Callable = _fusion_arrays if model == "fusion" else _ae_arrays
-  with jax.default_matmul_precision("highest"):
-    ours = build(vec, cfg)
+  try:
+    with jax.default_matmul_precision("highest"):
+      ours = build(vec, cfg)
+  except torch_import.StateDictError as e:
+    raise ParityError(f"{vectors}: param/* or meta/state_dict: {e}") from None
   rows = []
-  for name in sorted(k for k in vec.files if k.startswith(COMPARED)):
+  for name in compared:
     want = np.asarray(vec[name], np.float64)
     tol = tolerance(name)
     got = ours.get(name)

@@ -106,6 +106,8 @@ def write_model_config(workdir: str | os.PathLike, config: dict) -> None:
 
 def read_model_config(path: str | os.PathLike) -> dict:
   path = Path(path)
+  if not path.exists():
+    raise CheckpointError(f"{path}: no such checkpoint or workdir")
   f = path / MODEL_CONFIG if path.is_dir() else path
   if not f.exists():
     raise CheckpointError(f"{f}: missing; is {path} a stage workdir or a converted checkpoint?")

@@ -189,7 +189,8 @@ def _check_chunks_complete(store: Path, where: Any) -> None:
 
 def _read_zarr(store: Path) -> SiteCube:
   if not store.is_dir():
-    raise cube_error(store, "store", "does not exist")
+    raise cube_error(store, "store", "is a file, not a Zarr store (a directory)" if store.exists() else
+                     "does not exist")
   try:
     ds = xr.open_zarr(store, consolidated=False, chunks=None)
   except Exception as e:

@@ -8,10 +8,18 @@ order. The data iterator, plateau state and step are checkpointed with the param
 moment and resumed from its workdir reaches bitwise the same params on CPU. Validation runs every `eval_every_steps`
 (default: one epoch) on the whole validation split; the best `keep_best` checkpoints by the
 selection metric (centre-pixel MAE) are kept beside the latest.
+Before anything is written, the config, the data and the workdir are checked (`check_config`,
+`prepare_workdir`): a workdir holding a run with other settings (model, data, seed, ...; the fields in
+`RESUMABLE_FIELDS` may change when resuming, and the data may move: it is compared by the fingerprint of
+its shard metadata, stored as `data_fingerprint` in model_config.json) is refused with the differing
+fields named, unless `overwrite`, which discards that run's checkpoints, best/, TensorBoard logs and
+model_config.json.
+`model_config.json` is written once the state is restored, before the first checkpoint.
 """
 from __future__ import annotations
 
 import functools
+import json
 import math
 import time
 from pathlib import Path
@@ -25,13 +33,24 @@ import optax
 from absl import logging
 
 from earthrep import data as data_lib
-from earthrep import parallel
-from earthrep.io import checkpoint
+from earthrep import parallel, schema
+from earthrep.errors import EarthrepError
+from earthrep.io import atomic, checkpoint, provenance
 from earthrep.training import optim, tasks
+
+# Config fields that may differ when a run is resumed (schedule length, logging, workers, devices).
+RESUMABLE_FIELDS = frozenset({"total_steps", "num_epochs", "eval_every_steps", "checkpoint_every_steps",
+                              "log_every_steps", "worker_count", "num_devices", "async_checkpointing",
+                              "eval_batch_size", "eval_at_start", "keep_best", "eval_split"})
+RUN_ENTRIES = ("checkpoints", "best", "tensorboard", checkpoint.MODEL_CONFIG)
 
 
 class NonFiniteError(FloatingPointError):
   pass
+
+
+class ConfigError(EarthrepError):
+  """A config value, flag or workdir that the run cannot use; the message names the field."""
 
 
 def train_step(task, tx, opt_cfg, params, opt_state, batch, step, lr_scale, dropout_key):
@@ -83,6 +102,142 @@ def task_data_kwargs(config: ml_collections.ConfigDict, task) -> dict[str, Any]:
   return dict(config.get("data_kwargs", {})) | {"fill": task.fill}
 
 
+# ---------------------------------------------------------------------------------------------
+# Checks before the run touches its workdir.
+# ---------------------------------------------------------------------------------------------
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the `--config.<field>` of any out-of-range number."""
+  def need(field: str, ok, expected: str) -> None:
+    node = config
+    for part in field.split("."):
+      node = node.get(part) if hasattr(node, "get") else None
+    if node is not None and not ok(node):
+      raise ConfigError(f"--config.{field}={node!r}: expected {expected}")
+  positive_int = lambda v: isinstance(v, int) and v >= 1
+  non_negative_int = lambda v: isinstance(v, int) and v >= 0
+  for field in ("batch_size", "eval_batch_size", "log_every_steps", "keep_best"):
+    need(field, positive_int, "a positive integer")
+  for field in ("total_steps", "num_epochs", "eval_every_steps", "checkpoint_every_steps", "seed",
+                "worker_count", "num_devices"):
+    need(field, non_negative_int, "a non-negative integer")
+  if not config.get("total_steps") and not config.get("num_epochs"):
+    raise ConfigError("--config.total_steps and --config.num_epochs are both 0: expected one of them > 0")
+  need("optimizer.lr", lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+       "a positive learning rate")
+  need("optimizer.weight_decay", lambda v: isinstance(v, (int, float)) and v >= 0, "a non-negative number")
+
+
+def build_task(config: ml_collections.ConfigDict):
+  """The task of `config`; its construction's ValueErrors (bad model fields, missing stage-1 workdirs,
+  mismatched fills) are config errors."""
+  for sensor in config.get("sensors", ()) if config.get("task") == "fusion" else ():
+    workdir = config.get(f"{sensor}_workdir")
+    if workdir and Path(workdir).exists():
+      stored = checkpoint.read_model_config(workdir).get("sensor")
+      if stored not in (None, sensor):
+        raise ConfigError(f"--config.{sensor}_workdir {workdir}: holds the {stored} autoencoder, not {sensor}")
+  try:
+    return tasks.make_task(config)
+  except EarthrepError:
+    raise
+  except (ValueError, TypeError, KeyError) as e:
+    raise ConfigError(f"--config: {e}") from None
+
+
+def check_data(config: ml_collections.ConfigDict, task) -> int:
+  """Opens the train and evaluation splits (ShardError on any problem); returns the train record count."""
+  data_dir = config.data_dir
+  train = data_lib.open_shards(data_dir, "train")
+  data_lib.open_shards(data_dir, config.get("eval_split", "validation"))
+  needed = tuple(getattr(task, "sensors", None) or (task.sensor,))
+  missing = [s for s in needed if s not in train.sensors]
+  if missing:
+    raise ConfigError(f"--config.data_dir {data_dir}: shards of modality {train.modality!r} (sensors "
+                      f"{list(train.sensors)}) lack {missing}, which the model of this config needs")
+  kwargs = dict(config.get("data_kwargs", {}))
+  hide = kwargs.get("hide_centre_prob", 0.0)
+  if not (isinstance(hide, (int, float)) and 0.0 <= hide <= 1.0):
+    raise ConfigError(f"--config.data_kwargs.hide_centre_prob={hide!r}: expected a probability in [0, 1]")
+  if hide > 0 and kwargs.get("hide_sensor", "s2") not in train.sensors:
+    raise ConfigError(f"--config.data_kwargs.hide_sensor={kwargs.get('hide_sensor', 's2')!r}: expected one of "
+                      f"the data's sensors {list(train.sensors)}")
+  return train.count
+
+
+def data_fingerprint(config: ml_collections.ConfigDict) -> str:
+  """What identifies the training data: its shard metadata (layout, files, counts, sampling, creation)."""
+  return provenance.fingerprint((Path(config.data_dir) / schema.SHARD_METADATA).read_bytes())
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+  if isinstance(tree, dict):
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+  return {prefix[:-1]: tree}
+
+
+def _same(key: str, old: Any, new: Any) -> bool:
+  if old == new:
+    return True
+  leaf = key.rsplit(".", 1)[-1]
+  if isinstance(old, str) and isinstance(new, str) and (
+      leaf == "data_dir" or leaf.endswith("_workdir") or key.startswith("stage1.")):
+    return Path(old).resolve() == Path(new).resolve()
+  return False
+
+
+def run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+  """`field: stored -> current` for every difference of two model_config.json contents that a resume
+  cannot bridge (the config fields in RESUMABLE_FIELDS may differ)."""
+  old, new = _flat(json.loads(json.dumps(stored))), _flat(json.loads(json.dumps(current)))
+  if "data_fingerprint" in old and "data_fingerprint" in new:   # the same shards may have moved
+    old.pop("config.data_dir", None)
+    new.pop("config.data_dir", None)
+  else:   # a workdir written before data fingerprints: its data is known by its path only
+    old.pop("data_fingerprint", None)
+    new.pop("data_fingerprint", None)
+  out = []
+  order = lambda k: (k.startswith("config."), k not in ("kind", "sensor"), k)   # the model's fields first
+  for key in sorted(set(old) | set(new), key=order):
+    if key.startswith("config.") and key[len("config."):] in RESUMABLE_FIELDS:
+      continue
+    if not _same(key, old.get(key, "<unset>"), new.get(key, "<unset>")):
+      out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+  return out
+
+
+def _has_checkpoints(workdir: Path) -> bool:
+  return any(p.name.isdigit() for d in (workdir / "checkpoints", workdir / "best") if d.is_dir()
+             for p in d.iterdir())
+
+
+def prepare_workdir(workdir: Path, model_config: dict[str, Any], overwrite: bool) -> None:
+  """Checks that `workdir` is new, or holds this very run (to resume); with `overwrite` discards the
+  run it holds. Raises ConfigError / CheckpointError before anything in it changes."""
+  atomic.check_writable(workdir, "--workdir")
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdir {workdir}: is a file; expected a directory")
+  stored_path = workdir / checkpoint.MODEL_CONFIG
+  if overwrite:
+    for name in RUN_ENTRIES:
+      atomic.remove(workdir / name)
+    return
+  if stored_path.exists():
+    try:
+      stored = json.loads(stored_path.read_text())
+    except (OSError, ValueError) as e:
+      raise checkpoint.CheckpointError(
+          f"{stored_path}: unreadable ({e}), so the run in --workdir cannot be checked; choose another "
+          "--workdir or pass --overwrite to discard it") from None
+    differences = run_differences(stored, model_config)
+    if differences:
+      raise ConfigError(f"--workdir {workdir}: holds a run with other settings ({'; '.join(differences[:6])}"
+                        f"{'; ...' if len(differences) > 6 else ''}); resume it with its own config, choose "
+                        "another --workdir, or pass --overwrite to discard it")
+  elif _has_checkpoints(workdir):
+    raise ConfigError(f"--workdir {workdir}: has checkpoints but no {checkpoint.MODEL_CONFIG}, so its run "
+                      "cannot be checked; choose another --workdir or pass --overwrite to discard it")
+
+
 def _check_finite(metrics: dict[str, Any], step: int) -> dict[str, float]:
   values = {k: float(v) for k, v in jax.device_get(metrics).items()}
   if not (math.isfinite(values["loss"]) and math.isfinite(values["grad_norm"])):
@@ -112,26 +267,38 @@ def _metric_writer(workdir: Path):
   return SummaryWriter(str(workdir / "tensorboard"))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
-  """Trains until `total_steps` (or early stopping); returns the final summary."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *,
+                       overwrite: bool = False) -> dict[str, Any]:
+  """Trains until `total_steps` (or early stopping); returns the final summary. With `overwrite`, a run
+  already in `workdir` is discarded instead of resumed (see the module docstring)."""
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
 
-  # ---------------------------------------------------------------- mesh, data, task
-  mesh = parallel.make_mesh(config.get("num_devices", 0))
-  parallel.check_divisible(config.batch_size, mesh)
-  parallel.check_divisible(config.eval_batch_size, mesh)
-  task = tasks.make_task(config)
-  train_count = data_lib.open_shards(config.data_dir, "train").count
+  # ---------------------------------------------------------------- checks, mesh, data, task
+  check_config(config)
+  try:
+    mesh = parallel.make_mesh(config.get("num_devices", 0))
+    parallel.check_divisible(config.batch_size, mesh)
+    parallel.check_divisible(config.eval_batch_size, mesh)
+  except ValueError as e:
+    raise ConfigError(f"--config.batch_size / eval_batch_size / num_devices: {e}") from None
+  task = build_task(config)
+  train_count = check_data(config, task)
+  model_config = task.model_config() | {"config": config.to_dict(), "data_fingerprint": data_fingerprint(config)}
+  prepare_workdir(workdir, model_config, overwrite)
   steps_per_epoch = max(train_count // config.batch_size, 1)
   total_steps = config.total_steps or config.num_epochs * steps_per_epoch
   eval_every = config.eval_every_steps or steps_per_epoch
   ckpt_every = config.checkpoint_every_steps or eval_every
   parallel.assert_same_across_hosts(np.asarray(config.seed), "config.seed")
   seeds = seed_streams(config.seed)
-  loader = data_lib.make_loader(config.data_dir, "train", global_batch_size=config.batch_size,
-                                seed=seeds["data"], shuffle=True, worker_count=config.worker_count,
-                                **task_data_kwargs(config, task))
+  try:
+    loader = data_lib.make_loader(config.data_dir, "train", global_batch_size=config.batch_size,
+                                  seed=seeds["data"], shuffle=True, worker_count=config.worker_count,
+                                  **task_data_kwargs(config, task))
+  except EarthrepError:
+    raise
+  except ValueError as e:   # the loader's arguments come from the config (data_kwargs, batch size)
+    raise ConfigError(f"--config.data_kwargs / batch_size: {e}") from None
   data_iter = iter(loader)
   # Params are initialised from an RBG key: XLA compiles its generator several times faster than
   # threefry on CPU (seconds per model instead of ~20-40 s). Dropout keeps threefry, which gives the
@@ -152,15 +319,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   n_train = n_all if trainable is None else optim.count_params(params, trainable)
   logging.info("parameters: %d total, %d trained, %d frozen", n_all, n_train, n_all - n_train)
 
+  workdir.mkdir(parents=True, exist_ok=True)
   ckpts = checkpoint.StageCheckpoints(workdir, keep_best=config.keep_best,
                                       async_save=config.get("async_checkpointing", True))
-  checkpoint.write_model_config(workdir, task.model_config() | {"config": config.to_dict()})
   plateau, step = optim.PlateauState(), 0
   restored = ckpts.restore_latest(params, opt_state, data_iter)
   if restored is not None:
     step, params, opt_state, meta = restored
     plateau = optim.PlateauState.from_dict(meta["plateau"])
     logging.info("resumed from %s at step %d", workdir / "checkpoints", step)
+  checkpoint.write_model_config(workdir, model_config)   # after the restore, before the first checkpoint
 
   step_fn = jax.jit(functools.partial(train_step, task, tx, config.optimizer),
                     out_shardings=(repl, repl, None), donate_argnums=(0, 1))
