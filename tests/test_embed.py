@@ -3,6 +3,11 @@ provenance), GeoTIFFs, quick-look, resume, a dask LocalCluster run == the local 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +22,7 @@ from earthrep.inference import feature_cubes
 from earthrep.io import atomic, feature_cube
 from earthrep.io.cube import write_zarr
 
+REPO = Path(__file__).resolve().parents[1]
 SIZE, DAYS = 18, 200     # output grid 4x4 (4 tiles of 2x2)
 
 
@@ -88,6 +94,47 @@ def test_fast_equals_naive(engine, window_engine, mode, fill, share):
   assert np.isfinite(naive).sum() > 7 * 50
   np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
   assert np.nanmax(np.abs(naive - fast)) <= 1e-5
+
+
+@pytest.mark.parametrize("fill", ["frame", "window"])
+def test_fast_equals_naive_with_the_in_jit_gather(tiny, fill):
+  """The accelerators' path: crop sharing gathers inside the jitted function (forced here on the CPU)."""
+  model, params = tiny if fill == "frame" else random_fusion(fill="window")
+  engine = engine_lib.Engine(model, params, batch=64, gather="device", share_px_per_crop=ALWAYS_SHARE)
+  assert not engine.host_gather
+  merged = _merged()
+  win = W.clear_windows(merged)
+  naive = engine_lib.naive_tile(engine, merged, win, 4, 4)
+  fast = engine_lib.fast_tile(engine, merged, win, 4, 4)
+  assert engine.calls.get("crop_s2", 0) + engine.calls.get("crop_s2_holes", 0) > 0
+  np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
+  assert np.isfinite(naive).any() and np.nanmax(np.abs(naive - fast)) <= 1e-5
+
+
+def test_fast_equals_naive_on_two_devices(tmp_path):
+  """Batches sharded over 2 (fake CPU) devices: both fills, clear and daily dates, naive == fast to 1e-5."""
+  script = textwrap.dedent(f"""
+      import sys; sys.path.insert(0, {str(REPO / "tests")!r})
+      import jax, numpy as np
+      from helpers import random_fusion
+      from data_prep.demo_world import make_site_cube
+      from earthrep.data import windows as W
+      from earthrep.inference import engine as E
+      assert jax.device_count() == 2
+      merged = W.merge(make_site_cube(0, size={SIZE}, days={DAYS}))
+      for fill in ("frame", "window"):
+        engine = E.Engine(*random_fusion(fill=fill), batch=64, share_px_per_crop=10 ** 6)
+        assert engine.mesh.devices.size == 2
+        for win in (W.clear_windows(merged), W.anyday_windows(merged, W.daily_days(merged)[::7])):
+          naive, fast = E.naive_tile(engine, merged, win, 4, 4), E.fast_tile(engine, merged, win, 4, 4)
+          assert (np.isnan(naive) == np.isnan(fast)).all() and np.isfinite(naive).any()
+          print(fill, float(np.nanmax(np.abs(naive - fast))))
+          assert np.nanmax(np.abs(naive - fast)) <= 1e-5
+      """)
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=900,
+                        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.count("frame") == 2 and proc.stdout.count("window") == 2
 
 
 @pytest.mark.parametrize("sensor,width", [("s2", 9), ("s1", 2)])

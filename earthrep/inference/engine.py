@@ -122,6 +122,9 @@ class Engine:
   # crop per ~25 pixels on a CPU at the runlocal widths); 0 disables the sharing.
   share_px_per_crop: int = 16
   embedding: str = "fused"   # what the tile functions return: "fused" (zf) or a fused sensor's code z
+  # Where crop sharing gathers each crop's values from the date maps: "host" (numpy; XLA's CPU gather is
+  # ~30x slower), "device" (inside the jitted function, for accelerators), "auto" = host on CPU.
+  gather: str = "auto"
   calls: dict = dataclasses.field(default_factory=dict)   # function name -> calls (and "tiles")
 
   def __post_init__(self):
@@ -144,7 +147,10 @@ class Engine:
     self.map_fns = {s: jax.jit(lambda p, images, valid, s=s: crop_share.block1_maps(
         p[f"ae_{s}"]["conv_encoder"], images, valid)) for s in model.sensors}
     # crop_share: on CPU the maps come to the host and numpy gathers the crops (XLA's CPU gather is slow)
-    self.host_gather = self.mesh.devices.flat[0].platform == "cpu"
+    if self.gather not in ("auto", "host", "device"):
+      raise ModelError(f"gather {self.gather!r}: expected 'auto', 'host' or 'device'")
+    self.host_gather = (self.mesh.devices.flat[0].platform == "cpu" if self.gather == "auto"
+                        else self.gather == "host")
     self.crop_fns = {(s, holes): jax.jit(functools.partial(_crop_encode, ae, s, holes, self.host_gather))
                      for s, ae in zip(model.sensors, model.autoencoders) for holes in (False, True)}
     self._empty_features: dict[str, np.ndarray] = {}
