@@ -23,6 +23,17 @@ def test_warmup_matches_torch_linear_lr():
   assert float(optim.learning_rate(_cfg(), jnp.asarray(35_000), jnp.asarray(0.35))) == pytest.approx(3.5e-5)
 
 
+def test_cosine_decay_after_warmup():
+  cfg = _cfg(lr=1e-3, warmup_steps=10, warmup_start_factor=0.1, decay="cosine", decay_steps=110, final_lr_factor=0.05)
+  lr = lambda step: float(optim.learning_rate(cfg, jnp.asarray(step), jnp.asarray(1.0)))
+  assert lr(0) == pytest.approx(1e-4) and lr(10) == pytest.approx(1e-3)
+  assert lr(60) == pytest.approx(1e-3 * (0.05 + 0.95 * 0.5), rel=1e-6)   # half-way: the mean of the ends
+  assert lr(110) == pytest.approx(5e-5, rel=1e-5) and lr(500) == pytest.approx(5e-5, rel=1e-5)
+  assert float(optim.learning_rate(_cfg(), jnp.asarray(50_000), jnp.asarray(1.0))) == pytest.approx(1e-4)   # none
+  with pytest.raises(ValueError, match="decay 'linear'"):
+    optim.learning_rate(_cfg(decay="linear"), jnp.asarray(1), jnp.asarray(1.0))
+
+
 def test_plateau_reduces_after_patience_and_respects_min_lr():
   cfg = _cfg(plateau_patience=2, plateau_factor=0.5, plateau_threshold=1e-3, min_lr=3e-5, lr=1e-4,
              early_stopping_patience=0)

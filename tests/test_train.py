@@ -47,6 +47,15 @@ def test_stage1_trains_checkpoints_and_restores_best(tiny_shards, tmp_path):
   cfg = json.loads((tmp_path / "s2" / "model_config.json").read_text())
   assert cfg["sensor"] == "s2" and cfg["model"]["channels"] == 10
   assert list((tmp_path / "s2" / "tensorboard").iterdir()), "no TensorBoard event file"
+  assert train.read_history(tmp_path / "s2") == json.loads(json.dumps(out["history"]))   # history.json
+  # the summary of the stage: the best checkpoint's centre MAE on a split, the curve
+  from earthrep import summarize
+  assert summarize.main(["--run", f"s2_ae={tmp_path / 's2'}", "--out", str(tmp_path / "summary"),
+                         "--splits", "validation"]) == 0
+  table = (tmp_path / "summary" / "summary.md").read_text()
+  row = next(line for line in table.splitlines() if line.startswith("| s2_ae | validation | s2 |"))
+  assert float(row.split("|")[7]) == pytest.approx(best["val_metric"], abs=6e-5)   # printed to 4 decimals
+  assert (tmp_path / "summary" / "curves.png").stat().st_size > 1000
 
 
 def test_validation_metric_falls(tiny_shards, tmp_path):
@@ -61,7 +70,7 @@ def test_resume_is_a_no_op_when_finished(tiny_shards, tmp_path):
   config = _test_config("s2", tiny_shards("s2"), total_steps=4, eval_every_steps=2)
   first = train.train_and_evaluate(config, tmp_path / "w")
   again = train.train_and_evaluate(config, tmp_path / "w")
-  assert again["step"] == 4 and again["history"] == []
+  assert again["step"] == 4 and again["history"] == json.loads(json.dumps(first["history"]))   # from history.json
   for a, b in zip(_leaves(first["params"]), _leaves(again["params"])):
     np.testing.assert_array_equal(a, b)
 

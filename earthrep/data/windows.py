@@ -129,13 +129,21 @@ def output_timeline(merged: Merged) -> np.ndarray:
   return index[keep]
 
 
+def date_windows(merged: Merged, dates: np.ndarray) -> Windows:
+  """Windows centred on merged S2 dates (indices into `merged`), centre visible: frames t-5..t+5; a date
+  without 5 merged dates on each side has no window (`valid` False)."""
+  dates = np.asarray(dates, np.int64).reshape(-1)
+  t = len(merged.s2_time)
+  valid = (dates >= CONTEXT) & (dates < t - CONTEXT)
+  s2_frames = np.clip(dates[:, None] + np.arange(PATCH_FRAMES)[None, :] - CENTRE_FRAME, 0, max(t - 1, 0))
+  s2_days_nk = merged.s2_days[s2_frames] if t else np.zeros(s2_frames.shape, np.int64)
+  query = merged.s2_time[s2_frames] if t else np.zeros(s2_frames.shape, "datetime64[ns]")
+  return _finish(merged, s2_days_nk[:, CENTRE_FRAME], s2_frames, s2_days_nk, query, valid, hidden=False)
+
+
 def clear_windows(merged: Merged) -> Windows:
   """The reference feature-cube windows: one per output-timeline date, frames t-5..t+5."""
-  targets = output_timeline(merged)
-  s2_frames = targets[:, None] + np.arange(PATCH_FRAMES)[None, :] - CENTRE_FRAME
-  s2_days_nk = merged.s2_days[s2_frames]
-  return _finish(merged, s2_days_nk[:, CENTRE_FRAME], s2_frames, s2_days_nk, merged.s2_time[s2_frames],
-                 np.ones(len(targets), bool), hidden=False)
+  return date_windows(merged, output_timeline(merged))
 
 
 def as_days(days: Sequence | np.ndarray) -> np.ndarray:

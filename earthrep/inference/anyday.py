@@ -62,6 +62,22 @@ class AnyDay:
     return AnyDayResult(day_n.astype("datetime64[D]"), embedding, reflectance, ok)
 
 
+  def pixels(self, merged: windows_lib.Merged, windows: windows_lib.Windows, window_n: np.ndarray,
+             rows: np.ndarray, cols: np.ndarray) -> AnyDayResult:
+    """Many (window, pixel) pairs at once: window `window_n[i]` of `windows` (any-day or date windows of
+    `merged`) at cube pixel (rows[i], cols[i]); the pairs whose window or pixel is not valid are NaN."""
+    window_n, rows, cols = (np.asarray(a, np.int64).reshape(-1) for a in (window_n, rows, cols))
+    ok = windows_lib.pixel_valid(merged, windows, rows, cols)[window_n, np.arange(len(rows))]
+    embedding = np.full((len(rows), self.model.bottleneck), np.nan, np.float32)
+    reflectance = np.full((len(rows), len(S2_BANDS)), np.nan, np.float32)
+    q = np.flatnonzero(ok)
+    if len(q):
+      out = full_forward(self.engine, merged, windows, window_n[q], rows[q], cols[q])
+      embedding[q], reflectance[q] = out["zf"], out["s2_reflectance"]
+    days = windows.target_days[window_n].astype("datetime64[D]")
+    return AnyDayResult(days, embedding, reflectance, ok)
+
+
 def embed_days(model: FusionModel, params: Any, cube: SiteCube, row: int, col: int, days: Sequence, *,
                batch: int = DEFAULT_BATCH, merged: windows_lib.Merged | None = None) -> AnyDayResult:
   """`AnyDay(model, params, batch).embed_days(...)` for a single call."""

@@ -34,7 +34,9 @@ def optimizer_config(stage: str, variant: str) -> ml_collections.ConfigDict:
       plateau_patience=5 if stage == "stage1" else 9,
       min_lr=1.5e-6 if stage == "stage1" else 3.5e-7,
       plateau_threshold=1.5e-6 if stage == "stage1" else 3.5e-7,
-      early_stopping_patience=16))
+      early_stopping_patience=16,
+      # after the warm-up: "none" (the reference) or "cosine" to final_lr_factor * lr at decay_steps
+      decay="none", decay_steps=0, final_lr_factor=0.0))
   if variant == "runlocal":  # short CPU schedule: higher lr, short warm-up
     opt.update(lr=1e-3, warmup_steps=50, plateau_patience=3, early_stopping_patience=0)
   elif variant == "test":

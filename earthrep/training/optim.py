@@ -54,9 +54,23 @@ def scale_updates(updates: Any, lr: jax.Array) -> Any:
   return jax.tree.map(lambda u: lr.astype(u.dtype) * u, updates)
 
 
+def decay_factor(step: jax.Array, cfg: ml_collections.ConfigDict) -> jax.Array:
+  """`cfg.decay`: "none" (the reference: constant after warm-up, only the plateau rule lowers it) or
+  "cosine": from the end of the warm-up to `decay_steps`, half a cosine from 1 to `final_lr_factor`."""
+  decay = cfg.get("decay", "none")
+  if decay == "none":
+    return jnp.ones((), jnp.float32)
+  if decay != "cosine":
+    raise ValueError(f"optimizer.decay {decay!r}: expected 'none' or 'cosine'")
+  start, end = cfg.warmup_steps, max(int(cfg.decay_steps), cfg.warmup_steps + 1)
+  frac = jnp.clip((step.astype(jnp.float32) - start) / (end - start), 0.0, 1.0)
+  final = cfg.get("final_lr_factor", 0.0)
+  return final + (1.0 - final) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+
+
 def learning_rate(cfg: ml_collections.ConfigDict, step: jax.Array, lr_scale: jax.Array) -> jax.Array:
   # lr_scale is already floored at min_lr / lr by plateau_update (torch's min_lr).
-  return cfg.lr * warmup_factor(step, cfg.warmup_steps, cfg.warmup_start_factor) * lr_scale
+  return cfg.lr * warmup_factor(step, cfg.warmup_steps, cfg.warmup_start_factor) * decay_factor(step, cfg) * lr_scale
 
 
 @dataclasses.dataclass

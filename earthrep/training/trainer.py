@@ -335,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   eval_step = jax.jit(functools.partial(_eval_step, task))
   writer = _metric_writer(workdir)
   progress = _Progress(total_steps, config.batch_size, step)
-  history: list[dict[str, float]] = []
+  history = read_history(workdir, up_to=step)   # the validations before a resumed step
 
   def save_latest():
     ckpts.save_latest(step, params, opt_state, data_iter,
@@ -345,6 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   if step == 0 and config.get("eval_at_start", True):
     val = evaluate(task, eval_step, params, config, mesh)
     history.append({"step": 0, **val})
+    _write_history(workdir, history)
     logging.info("step 0 validation: %s", _fmt(val))
     if writer:
       for k, v in val.items():
@@ -368,6 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       val = evaluate(task, eval_step, params, config, mesh)
       plateau, stop = optim.plateau_update(plateau, val["val_metric"], config.optimizer)
       history.append({"step": step, **val})
+      _write_history(workdir, history)
       logging.info("step %d validation: %s (lr scale %.3g)", step, _fmt(val), plateau.lr_scale)
       if writer:
         for k, v in val.items():
@@ -386,6 +388,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
     logging.info("early stopping at step %d", step)
   return {"step": step, "history": history, "params": params, "opt_state": opt_state,
           "trainable": trainable}
+
+
+HISTORY = "history.json"
+
+
+def read_history(workdir: str | Path, up_to: int | None = None) -> list[dict[str, float]]:
+  """The validation results `history.json` of a workdir ([] if none), those after `up_to` dropped (a run
+  resumed from an earlier checkpoint repeats them)."""
+  path = Path(workdir) / HISTORY
+  if not path.exists():
+    return []
+  history = json.loads(path.read_text())
+  return [h for h in history if up_to is None or h["step"] <= up_to]
+
+
+def _write_history(workdir: Path, history: list[dict[str, float]]) -> None:
+  if jax.process_index() == 0:
+    atomic.write_text(workdir / HISTORY, json.dumps(history, indent=1))
 
 
 def _report(step, metrics, writer, progress, config):
