@@ -47,8 +47,9 @@ demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $
 	for cube in $(DEMO)/cubes/*/; do site=$$(basename $$cube); \
 	  $(BIN)/python -m earthrep.embed --model $(RUNS)/fusion --cube $$cube \
 	      --out $(DEMO)/features/fused/$$site.zarr --quicklook auto --resume || exit 1; done
-	$(BIN)/python -m earthrep.gpp --model $(RUNS)/fusion --cubes $(DEMO)/cubes --flux $(DEMO)/flux \
-	    --feature-cubes $(DEMO)/features --out $(DEMO)/gpp
+	test -f $(DEMO)/towers/sites.csv || $(BIN)/python -m data_prep.demo_world --out $(DEMO)/towers \
+	    --seed $$(($(SEED) + 1)) --sites 20 --size 48 && \
+	$(BIN)/python -m earthrep.evaluate --world $(DEMO)/towers --model $(RUNS)/fusion --out $(DEMO)/gpp --overwrite
 	@echo "demo: models in $(RUNS), feature cubes and quick-looks in $(DEMO)/features/fused, GPP report $(DEMO)/gpp/report.md"
 
 clean-demo:

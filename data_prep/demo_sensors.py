@@ -10,7 +10,8 @@ from the sun azimuth at ~11:00 local solar time). The mask follows CloudSEN12 cl
 detect (opacity < 0.06) stays labelled clear, as in real masks. S1: a water-cloud model (vegetation volume
 term + two-way attenuated soil term whose dielectric rises with surface soil moisture) in linear gamma0,
 incidence-angle slopes, frozen soil, wet canopies after rain, wind-roughened open water, bright built-up
-double bounce, then multiplicative Gamma speckle with ENL 4.4.
+double bounce, then multiplicative Gamma speckle with ENL 4.4. `noise_free_s2` and `s1_gamma0_noise_free`
+give the truth behind both (for evaluation only; never written into cubes or shards).
 """
 from __future__ import annotations
 
@@ -138,10 +139,24 @@ def s2_reflectance(rng: np.random.Generator, surface: np.ndarray, opacity: np.nd
   return (np.round(np.clip(reflectance, 0.0, 1.0) * 10000) / 10000).astype(np.float32)
 
 
-def s1_gamma0(rng: np.random.Generator, states: np.ndarray, landscape: Landscape, incidence_deg: np.ndarray,
-              surface_soil_moisture: np.ndarray, frozen: np.ndarray, wet_canopy: np.ndarray,
-              wind: np.ndarray) -> np.ndarray:
-  """(T, 2, h, w) float32 linear gamma0 (VV, VH) with Gamma speckle; per-date inputs are (T,)."""
+def noise_free_s2(surface: np.ndarray) -> np.ndarray:
+  """(T, 10, h, w) truth for evaluation: surface reflectance (T, h, w, 10) as a noise-free, cloud-free sensor
+  delivers it (20 m bands resampled as in `s2_reflectance`, clipped to [0, 1]; no per-date gain, aerosol
+  residual, noise or quantisation)."""
+  reflectance = np.ascontiguousarray(surface.transpose(0, 3, 1, 2)).astype(np.float32)
+  reflectance[:, BANDS_20M] = _bilinear_20m(reflectance[:, BANDS_20M])
+  return np.clip(reflectance, 0.0, 1.0)
+
+
+def built_up_db(rng: np.random.Generator, landscape: Landscape) -> np.ndarray:
+  """(h, w) per-pixel double-bounce level of built-up pixels (dB at 37 deg), fixed in time."""
+  return (-4.0 + 2.5 * rng.standard_normal(landscape.pixel_kind.shape).astype(np.float32)).astype(np.float32)
+
+
+def s1_gamma0_noise_free(states: np.ndarray, landscape: Landscape, incidence_deg: np.ndarray,
+                         surface_soil_moisture: np.ndarray, frozen: np.ndarray, wet_canopy: np.ndarray,
+                         wind: np.ndarray, built_db: np.ndarray) -> np.ndarray:
+  """(T, 2, h, w) float32 linear gamma0 (VV, VH) before speckle; per-date inputs are (T,)."""
   kind = landscape.pixel_kind
   cos_inc = np.cos(np.deg2rad(incidence_deg))[:, None, None].astype(np.float32)
   d_inc = (incidence_deg - 37.0)[:, None, None].astype(np.float32)
@@ -155,12 +170,42 @@ def s1_gamma0(rng: np.random.Generator, states: np.ndarray, landscape: Landscape
   # Open water: specular, brighter when wind roughens it; built-up: double bounce, stable in time.
   water_vv_db = (-23.0 + 7.0 * wind - 0.2 * (incidence_deg - 37))[:, None, None]
   water_vh_db = (-28.5 + 2.0 * wind)[:, None, None]
-  built_db = -4.0 + 2.5 * rng.standard_normal(kind.shape).astype(np.float32) - 0.1 * d_inc
+  built_db = built_db - 0.1 * d_inc
   vv = np.where(kind == WATER, 10 ** (water_vv_db / 10), vv)
   vh = np.where(kind == WATER, 10 ** (water_vh_db / 10), vh)
   vv = np.where(kind == URBAN, 10 ** (built_db / 10), np.where(kind == ROAD, 10 ** -1.7, vv))
   vh = np.where(kind == URBAN, 10 ** ((built_db - 8.0) / 10), np.where(kind == ROAD, 10 ** -2.5, vh))
-  gamma0 = np.stack([vv, vh], axis=1).astype(np.float32)
+  return np.stack([vv, vh], axis=1).astype(np.float32)
+
+
+def s1_gamma0(rng: np.random.Generator, states: np.ndarray, landscape: Landscape, incidence_deg: np.ndarray,
+              surface_soil_moisture: np.ndarray, frozen: np.ndarray, wet_canopy: np.ndarray,
+              wind: np.ndarray, built_db: np.ndarray | None = None) -> np.ndarray:
+  """(T, 2, h, w) float32 linear gamma0 (VV, VH) with Gamma speckle; per-date inputs are (T,).
+
+  `built_db` (from `built_up_db`, drawn from `rng` here when not given) is the built-up level map."""
+  if built_db is None:
+    built_db = built_up_db(rng, landscape)
+  gamma0 = s1_gamma0_noise_free(states, landscape, incidence_deg, surface_soil_moisture, frozen, wet_canopy,
+                                wind, built_db)
   speckle = rng.gamma(S1_ENL, 1.0 / S1_ENL, gamma0.shape).astype(np.float32)
   return gamma0 * speckle
 
+
+def s1_truth_on_days(states: np.ndarray, landscape: Landscape, weather, day_index: np.ndarray,
+                     direction: np.ndarray, s1_day_index: np.ndarray, s1_direction: np.ndarray,
+                     s1_incidence_deg: np.ndarray, s1_wind: np.ndarray, built_db: np.ndarray) -> np.ndarray:
+  """Speckle-free gamma0 (n, 2, h, w) on any days (`day_index` into `weather`), each seen by one track
+  (`direction`, (n,)) with that track's incidence; the acquisitions' own wind where a day is one, else 0.25
+  (the mean open-water roughness). Descending (morning) passes see the previous day's soil moisture."""
+  incidence, wind = np.empty(len(day_index)), np.full(len(day_index), 0.25)
+  for track in ("ascending", "descending"):
+    on_track, here = s1_direction == track, np.flatnonzero(direction == track)
+    if len(here):
+      incidence[here] = s1_incidence_deg[on_track][0]
+      acquired = dict(zip(s1_day_index[on_track].tolist(), s1_wind[on_track]))
+      wind[here] = [acquired.get(int(day_index[i]), 0.25) for i in here]
+  soil_day = np.maximum(day_index - (direction == "descending"), 0)
+  wet = (weather.precip[day_index] > 1.0) | (weather.precip[np.maximum(day_index - 1, 0)] > 1.0)
+  return s1_gamma0_noise_free(states, landscape, incidence, weather.surface_soil_moisture[soil_day],
+                              weather.ta[day_index] < -1.0, wet.astype(np.float32), wind, built_db)

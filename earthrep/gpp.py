@@ -1,163 +1,76 @@
-"""`python -m earthrep.gpp`: GPP skill of embeddings and baselines at flux towers.
+"""`python -m earthrep.gpp`: GPP skill of embeddings and baselines at flux towers (the GPP part of
+`earthrep.evaluate`, with the flags it always had).
 
   python -m earthrep.gpp --model FUSION_DIR --cubes DIR/cubes --flux DIR/flux --out REPORT_DIR \
       [--features fused,ndvi,indices,bands,s1] [--split loso|temporal] [--feature-cubes DIR] \
-      [--regressors ridge,hgb,transformer] [--daily linear|ucm] [--radius-m 250 | --radius-m cube]
+      [--regressors ridge,hgb,transformer] [--daily linear|ucm|reindex] [--radius-m 250] [--overwrite]
 
-Sites: `sites.csv` next to the cubes folder (site_id, lon, lat, flux_file), else the site ids in the flux
-file names that also have a cube. Feature sets: baselines (`ndvi`, `indices`, `bands`, `s1`, `s2s1`; see
-evaluation/baselines.py) come from the cube; any other name is an embedding read from
-`FEATURE_DIR/<name>/<site>.zarr` (default FEATURE_DIR = REPORT_DIR/feature_cubes). Missing `fused` cubes are
-written there by `earthrep.inference.feature_cubes.embed_cube(--model)` (with `--daily reindex`,
-`dates="daily"`); without --model, embedding sets without cubes are skipped with a message and the baselines
-still run. Observation-date series become daily with `--daily` (evaluation/features.py).
+Runs `earthrep.evaluation.pipeline` with the `x` design only (each feature set alone, no meteorology), one
+split, one site per outer fold, the transformer on every set, no probes and no ceilings; `--daily reindex`
+takes `fused` from the any-day model (`fused_daily`). Sets other than the built-in ones are read from
+`FEATURE_DIR/<name>/<site>.zarr`. For meteorology, ceilings, probes and intervals use `earthrep.evaluate`.
 """
 from __future__ import annotations
 
 import argparse
-import logging
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-import pandas as pd
+from earthrep.errors import run_tool
+from earthrep.evaluation import features, pipeline, regressors
+from earthrep.evaluation.splits import SPLITS
 
-from earthrep.evaluation import baselines, features, regressors, report
-from earthrep.evaluation import splits as evaluate
-from earthrep.io import flux as flux_lib
-from earthrep.inference.feature_cubes import embed_cube
-from earthrep.io.cube import find_cubes, read_cube
-
-log = logging.getLogger("earthrep.gpp")
+PROG = "python -m earthrep.gpp"
 DEFAULT_FEATURES = "fused,ndvi,indices,bands,s1"
 
 
-def load_sites(cubes: Path, flux_dir: Path) -> pd.DataFrame:
-  """site_id, lon, lat (NaN if unknown), flux_path, cube_path."""
-  cube_paths = {p.name: p for p in find_cubes(cubes)}
-  table = cubes.parent / "sites.csv"
-  if table.exists():
-    sites = pd.read_csv(table)
-    sites["flux_path"] = [next(iter(sorted(flux_dir.glob(f"*_{s}_*"))), cubes.parent / str(f))
-                          for s, f in zip(sites["site_id"], sites.get("flux_file", [""] * len(sites)))]
-  else:
-    files = sorted(p for p in flux_dir.iterdir() if p.suffix.lower() in (".csv", ".zip"))
-    sites = pd.DataFrame({"site_id": [flux_lib.site_id_of(p) for p in files], "flux_path": files,
-                          "lon": np.nan, "lat": np.nan})
-    sites = sites.drop_duplicates("site_id")
-  sites = sites[sites["site_id"].isin(cube_paths)].copy()
-  sites["cube_path"] = [cube_paths[s] for s in sites["site_id"]]
-  if sites.empty:
-    raise SystemExit(f"no site has both a cube under {cubes} and a flux file under {flux_dir}")
-  return sites.reset_index(drop=True)
-
-
-def _embedding_cube(name: str, site: str, cube_path: Path, feature_dir: Path, model: str | None,
-                    daily: str, skipped: list[str]) -> Path | None:
-  for candidate in (feature_dir / name / f"{site}.zarr", feature_dir / name / site / "features.zarr"):
-    if candidate.exists():
-      return candidate
-  if name != "fused" or not model:
-    skipped.append(f"{name}/{site}: no feature cube at {feature_dir / name / (site + '.zarr')}"
-                   + ("" if name != "fused" else " and no --model to embed with"))
-    return None
-
-  out = feature_dir / name / f"{site}.zarr"
-  out.parent.mkdir(parents=True, exist_ok=True)
-  log.info("embedding %s with %s -> %s", cube_path, model, out)
-  return embed_cube(model, str(cube_path), str(out), dates="daily" if daily == "reindex" else "clear")
-
-
-def build_site(row, feature_sets: Sequence[str], args, skipped: list[str]) -> evaluate.SiteData | None:
-  daily_gpp = flux_lib.read_daily_gpp(row.flux_path, min_good_fraction=args.min_good_fraction)
-  cube = read_cube(row.cube_path)
-  radius = None if args.radius_m == "cube" else float(args.radius_m)
-  centre = None
-  if np.isfinite(getattr(row, "lon", np.nan)) and np.isfinite(getattr(row, "lat", np.nan)):
-    centre = features.tower_xy(cube.crs, float(row.lon), float(row.lat))
-  days = features.site_days(daily_gpp["date"])
-  gpp = daily_gpp.set_index("date")["gpp"].reindex(days).to_numpy(np.float64)
-  qc_ok = daily_gpp.set_index("date")["qc_ok"].reindex(days).fillna(False).to_numpy(bool)
-  mask = baselines.cube_footprint(cube, centre, radius)
-  daily_method = "linear" if args.daily == "reindex" else args.daily   # baselines are observation dates
-  out = {}
-  for name in feature_sets:
-    if name in baselines.BASELINE_SETS:
-      series = baselines.baseline_series(cube, baselines.BASELINE_SETS[name], mask)
-      series.index = series.index.tz_localize(None) if series.index.tz else series.index
-      out[name] = features.make_daily(series, days, daily_method)
-      continue
-    path = _embedding_cube(name, row.site_id, row.cube_path, Path(args.feature_cubes), args.model, args.daily,
-                           skipped)
-    if path is not None:
-      series = features.feature_cube_series(path, centre, radius)
-      out[name] = features.make_daily(series, days, args.daily)
-  return evaluate.SiteData(row.site_id, days, gpp, qc_ok, out)
-
-
-def run(args: argparse.Namespace) -> dict[str, Path]:
-  out = Path(args.out)
-  args.feature_cubes = args.feature_cubes or str(out / "feature_cubes")
-  feature_sets = [f.strip() for f in args.features.split(",") if f.strip()]
-  regressor_names = [r.strip() for r in args.regressors.split(",") if r.strip()]
-  for r in regressor_names:
-    if r not in regressors.REGRESSORS:
-      raise SystemExit(f"--regressors: unknown {r!r} (expected {regressors.REGRESSORS})")
-  sites_table = load_sites(Path(args.cubes), Path(args.flux))
-  skipped: list[str] = []
-  sites = [build_site(row, feature_sets, args, skipped) for row in sites_table.itertuples()]
-  for message in skipped:
-    print(f"skipped: {message}", file=sys.stderr)
-  config = regressors.TransformerConfig(steps=args.steps, layers=args.layers, seed=args.seed)
-  metric_rows, prediction_parts = [], []
-  for name in feature_sets:
-    have = [s for s in sites if name in s.features]
-    if len(have) < len(sites):
-      continue
-    for reg in regressor_names:
-      factory = lambda reg=reg: regressors.make_regressor(reg, args.seed, config)
-      predictions = evaluate.run_split(have, name, factory, args.split, args.train_stride, args.window_days)
-      scores = evaluate.score(predictions, have, args.split)
-      metric_rows.append(scores.assign(split=args.split, feature_set=name, regressor=reg))
-      prediction_parts.append(predictions.assign(split=args.split, feature_set=name, regressor=reg))
-      pooled = scores[scores["site"] == "pooled"]
-      if len(pooled):
-        print(f"{name:>10s} {reg:>11s}: pooled RMSE {pooled['rmse'].iloc[0]:.3f} R2 {pooled['r2'].iloc[0]:.3f}")
-  if not metric_rows:
-    raise SystemExit("no feature set could be evaluated (see the skipped messages)")
-  metrics = pd.concat(metric_rows, ignore_index=True)
-  metrics = metrics[["split", "feature_set", "regressor", "site", *evaluate.METRICS]]
-  notes = [f"skipped: {m}" for m in skipped] + [
-      f"daily series: {args.daily}; footprint radius: {args.radius_m} m; window {args.window_days} days; "
-      f"training stride {args.train_stride} days; GPP QC: NEE_VUT_REF_QC >= {args.min_good_fraction}"]
-  paths = report.write_report(metrics, pd.concat(prediction_parts, ignore_index=True), out, notes)
+def _main(argv: Sequence[str] | None) -> int:
+  p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0].split(": ", 1)[-1])
+  p.add_argument("--model", default=None, help="fusion workdir (the fused feature set)")
+  p.add_argument("--cubes", required=True, help="DIR/cubes (site folders with cube.zarr)")
+  p.add_argument("--flux", required=True, help="folder of flux files (FLUXNET/ICOS/AmeriFlux)")
+  p.add_argument("--out", required=True, help="report folder")
+  p.add_argument("--features", default=DEFAULT_FEATURES)
+  p.add_argument("--split", default="loso", choices=SPLITS)
+  p.add_argument("--feature-cubes", default=None, help="FEATURE_DIR/<set>/<site>.zarr of sets made elsewhere")
+  p.add_argument("--regressors", default="ridge,hgb,transformer")
+  p.add_argument("--daily", default="linear", choices=("linear", "ucm", "reindex"))
+  p.add_argument("--radius-m", type=float, default=features.DEFAULT_RADIUS_M)
+  p.add_argument("--window-days", type=int, default=regressors.WINDOW_DAYS)
+  p.add_argument("--train-stride", type=int, default=5)
+  p.add_argument("--min-good-fraction", type=float, default=0.7)
+  p.add_argument("--steps", type=int, default=regressors.TransformerConfig.steps)
+  p.add_argument("--layers", type=int, default=regressors.TransformerConfig.layers)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--overwrite", action="store_true", help="replace an existing report")
+  args = p.parse_args(argv)
+  names = [n.strip() for n in args.features.split(",") if n.strip()]
+  if args.daily == "reindex":
+    names = ["fused_daily" if n == "fused" else n for n in names]
+  if args.model is None:   # the old behaviour: embeddings without a model are left out, baselines still run
+    skipped = [n for n in names if n in pipeline.ALL_SETS and n in ("fused", "fused_daily", "s2_emb", "s1_emb")]
+    names = [n for n in names if n not in skipped]
+    for n in skipped:
+      print(f"skipped: {n}: no --model to embed with", file=sys.stderr)
+  config = dataclasses.replace(regressors.TransformerConfig(), steps=args.steps, layers=args.layers, seed=args.seed)
+  options = pipeline.Options(
+      cubes=Path(args.cubes), flux=Path(args.flux), out=Path(args.out),
+      model=Path(args.model) if args.model else None, features=tuple(names), designs=("x",),
+      regressors=tuple(r.strip() for r in args.regressors.split(",") if r.strip()), transformer_sets=None,
+      transformer_designs=None, splits=(args.split,), outer_folds=0, radius_m=args.radius_m,
+      interpolation="linear" if args.daily == "reindex" else args.daily, window_days=args.window_days,
+      train_stride=args.train_stride, transformer=config, probes=False,
+      feature_cubes=Path(args.feature_cubes) if args.feature_cubes else None,
+      min_good_fraction=args.min_good_fraction, seed=args.seed, overwrite=args.overwrite, truth_ceilings=False)
+  paths = pipeline.run(options, None, log=lambda m: print(m, file=sys.stderr, flush=True))
   print(f"wrote {paths['metrics']} and {paths['report']}")
-  return paths
+  return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m earthrep.gpp", description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default=None, help="fusion workdir for earthrep.embed (fused feature set)")
-  parser.add_argument("--cubes", required=True, help="DIR/cubes (site folders with cube.zarr)")
-  parser.add_argument("--flux", required=True, help="folder of flux files (FLUXNET/ICOS/AmeriFlux)")
-  parser.add_argument("--out", required=True, help="report folder")
-  parser.add_argument("--features", default=DEFAULT_FEATURES)
-  parser.add_argument("--split", default="loso", choices=evaluate.SPLITS)
-  parser.add_argument("--feature-cubes", default=None, help="FEATURE_DIR/<set>/<site>.zarr (default OUT/feature_cubes)")
-  parser.add_argument("--regressors", default="ridge,hgb,transformer")
-  parser.add_argument("--daily", default="linear", choices=features.DAILY_METHODS)
-  parser.add_argument("--radius-m", default=str(features.DEFAULT_RADIUS_M), help="footprint radius or 'cube'")
-  parser.add_argument("--window-days", type=int, default=regressors.WINDOW_DAYS)
-  parser.add_argument("--train-stride", type=int, default=5)
-  parser.add_argument("--min-good-fraction", type=float, default=flux_lib.DEFAULT_MIN_GOOD_FRACTION)
-  parser.add_argument("--steps", type=int, default=regressors.TransformerConfig.steps)
-  parser.add_argument("--layers", type=int, default=regressors.TransformerConfig.layers)
-  parser.add_argument("--seed", type=int, default=0)
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  run(args)
-  return 0
+  return run_tool(_main, argv, PROG)
 
 
 if __name__ == "__main__":

@@ -104,8 +104,12 @@ def test_world_files_match_the_contract(world: Path, tmp_path: Path):
 
 def test_smaller_world_replaces_stale_sites(tmp_path: Path):
   demo_world.make_world(tmp_path, seed=1, size=16, sites=3, days=30)
-  demo_world.make_world(tmp_path, seed=1, size=16, sites=2, days=30)
+  with pytest.raises(demo_world.WorldError, match="holds a demo world.*--overwrite"):
+    demo_world.make_world(tmp_path, seed=1, size=16, sites=2, days=30)
+  assert len(cube_io.find_cubes(tmp_path)) == 3
+  demo_world.make_world(tmp_path, seed=1, size=16, sites=2, days=30, overwrite=True)
   assert len(cube_io.find_cubes(tmp_path)) == 2 and len(list((tmp_path / "flux").glob("*.csv"))) == 2
+  assert not list(tmp_path.glob(".*"))   # no staging folder left
 
 
 def test_cloud_statistics(crop_year: demo_world.SiteSimulation):
@@ -204,3 +208,79 @@ def test_flux_file(world: Path):
     all_flux.append(flux)
   gpp = pd.concat(all_flux).GPP_NT_VUT_REF.dropna()
   assert gpp.quantile(0.01) > -2 and gpp.max() < 25 and gpp.quantile(0.99) > 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Truth for evaluation (never written into cubes): exactly what the sensors saw before noise.
+# ---------------------------------------------------------------------------------------------
+def test_truth_s1_is_the_cube_before_speckle(crop_year: demo_world.SiteSimulation):
+  sim = crop_year
+  truth = sim.truth_s1(sim.s1_day_index, sim.s1_direction)
+  # Replay the S1 stream: wind, built-up levels, then the speckle that multiplies the truth.
+  rng = np.random.default_rng([5, demo_world.zlib.crc32(b"XX-Cr1"), demo_world.S1])
+  rng.exponential(0.25, len(sim.s1_day_index))
+  rng.standard_normal(sim.land_cover_kind.shape)
+  speckle = rng.gamma(demo_sensors.S1_ENL, 1.0 / demo_sensors.S1_ENL, truth.shape).astype(np.float32)
+  np.testing.assert_array_equal(sim.cube.s1_gamma0, truth * speckle)
+  # Any day: the same track's geometry; a day between acquisitions is finite and in the sensor's range.
+  other = sim.truth_s1(np.arange(100, 110), "descending")
+  assert other.shape == (10, 2, 32, 32) and np.isfinite(other).all() and 1e-4 < np.median(other) < 1
+
+
+def test_truth_s2_matches_clear_observations(crop_year: demo_world.SiteSimulation):
+  sim = crop_year
+  truth = sim.truth_s2(sim.s2_day_index)
+  clear = sim.cube.cloud_mask == CLOUD_CLEAR
+  error = np.abs(sim.cube.s2_reflectance - truth).transpose(1, 0, 2, 3)[:, clear]
+  assert truth.shape == sim.cube.s2_reflectance.shape and 0 <= truth.min() and truth.max() <= 1
+  assert np.median(error) < 0.01                       # noise 0.003 + 1 %, per-date gain 1.5 %, haze
+  daily = sim.truth_s2(np.arange(150, 160))            # every day, not only acquisitions
+  assert daily.shape == (10, 10, 32, 32) and np.abs(np.diff(daily, axis=0)).mean() < 0.01
+
+
+def test_truth_per_pixel_values_and_labels(crop_year: demo_world.SiteSimulation):
+  sim = crop_year
+  kinds = sim.land_cover_kind
+  assert kinds.shape == sim.parcel_id.shape == (32, 32) and len(sim.KIND_NAMES) == len(demo_landscape.KINDS)
+  rows, cols = sim.landscape.footprint()
+  assert (kinds[rows, cols] == demo_landscape.CROP).all() and len(np.unique(sim.parcel_id[rows, cols])) == 1
+  days = sim.day_index(["2019-01-15", "2019-06-15"])
+  green, vwc = sim.green_cover(days), sim.vegetation_water_content(days)
+  crop = kinds == demo_landscape.CROP
+  assert green.shape == vwc.shape == (2, 32, 32) and ((green >= 0) & (green <= 1)).all()
+  assert green[1][crop].mean() > green[0][crop].mean() and vwc[1][crop].mean() > vwc[0][crop].mean()
+  assert sim.surface_soil_moisture(days).shape == (2,)
+  # The footprint's fAPAR is 0.95 x its Gaussian-weighted green cover.
+  footprint_green = sim.green_cover(days)[:, rows, cols].mean(axis=(1, 2))
+  np.testing.assert_allclose(sim.fapar[days], 0.95 * footprint_green, atol=0.05)
+  with pytest.raises(ValueError, match="outside"):
+    sim.day_index(["2030-01-01"])
+
+
+def test_simulation_without_sensors_has_the_same_truth(crop_year: demo_world.SiteSimulation):
+  spec = demo_world.SiteSpec("XX-Cr1", 10.9, 51.1, "CRO")
+  light = demo_world.simulate_site(spec, seed=5, size=32, start="2019-01-01", days=365, sensors=False)
+  assert light.cube is None
+  np.testing.assert_array_equal(light.gpp, crop_year.gpp)
+  np.testing.assert_array_equal(light.truth_s1(light.s1_day_index, light.s1_direction),
+                                crop_year.truth_s1(crop_year.s1_day_index, crop_year.s1_direction))
+
+
+def test_evaluation_truth_provider(world: Path):
+  from earthrep.evaluation.truth import TruthError
+  provider = demo_world.evaluation_truth(world)
+  site = pd.read_csv(world / "sites.csv")["site_id"].iloc[0]
+  cube = cube_io.read_cube(world / "cubes" / site)
+  truth = provider(site, cube)
+  flux = pd.read_csv(next((world / "flux").glob(f"*_{site}_*")), na_values=[-9999])
+  simulated = pd.Series(truth.flux_gpp, index=truth.days).reindex(pd.to_datetime(flux["TIMESTAMP"].astype(str)))
+  np.testing.assert_allclose(simulated, flux["GPP_NT_VUT_REF"], atol=1e-3)   # the same world
+  assert truth.kind.shape == cube.shape_hw and truth.kind_names[0] == "crop"
+  values = truth.pixel_values(np.array(["2019-02-01"], "datetime64[D]"))
+  assert set(values) == {"green_cover", "vegetation_water_content", "surface_soil_moisture"}
+  assert values["green_cover"].shape == (1, *cube.shape_hw)
+  moved = cube_io.SiteCube(cube.meta, cube.crs, (10.0, 0.0, cube.transform[2] + 10, 0.0, -10.0, cube.transform[5]),
+                           cube.s2_reflectance, cube.cloud_mask, cube.s2_time, cube.s1_gamma0, cube.s1_time,
+                           cube.s1_orbit_direction)
+  with pytest.raises(TruthError, match="not on the simulated grid"):
+    provider(site, moved)

@@ -149,3 +149,92 @@ def test_cli(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "earthrep.flux", str(bad), "--out", str(out)],
                         capture_output=True, text=True)
   assert proc.returncode == 2 and "bad.csv: column TIMESTAMP" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Meteorological drivers, duplicates and the CLI's own-input / existing-output rules.
+# ---------------------------------------------------------------------------------------------
+def test_meteo_fluxnet_dd_real_values():
+  daily = flux.read_daily_gpp(AR1_DD)
+  raw = _raw(AR1_DD)
+  for name, column in (("sw_in_w_m2", "SW_IN_F"), ("ta_c", "TA_F"), ("vpd_hpa", "VPD_F")):
+    np.testing.assert_allclose(daily[name], raw[column].where(raw[column] > -9999), rtol=1e-12)
+    np.testing.assert_allclose(daily[f"{name}_qc"], raw[f"{column}_QC"])
+    assert daily.attrs["meteo"][name]["column"] == column
+  assert daily.attrs["meteo"]["vpd_hpa"]["units"] == "hPa" and daily.attrs["meteo"]["ta_c"]["units"] == "deg C"
+  row = daily.set_index("date").loc["2009-06-15"]
+  assert 0 < row["sw_in_w_m2"] < 500 and 5 < row["ta_c"] < 40
+  flux.require_meteo(daily)                                 # all three present: no error
+
+
+def test_meteo_ameriflux_base_real_values_and_missing_vpd():
+  daily = flux.read_daily_gpp(TW3_BASE).set_index("date")
+  raw = _raw(TW3_BASE)
+  day = raw[raw["TIMESTAMP_START"].str.startswith("20130601")]
+  assert daily.loc["2013-06-01", "sw_in_w_m2"] == pytest.approx(day["SW_IN"].astype(float).mean(), rel=1e-9)
+  assert daily.loc["2013-06-01", "ta_c"] == pytest.approx(day["TA"].astype(float).mean(), rel=1e-9)
+  assert daily.loc["2013-06-01", "ta_c_qc"] == 1.0                  # every half-hour has a value
+  assert np.isnan(daily.loc["2013-05-20", "ta_c"])                  # before the tower: all -9999
+  assert daily["vpd_hpa"].isna().all()                              # this BASE subset has neither VPD nor RH
+  with pytest.raises(flux.FluxFormatError, match=r"AMF_US-Tw3_BASE_HH_5-5.csv: column VPD_PI_F / VPD_F / VPD "
+                                                 r"\(or RH with TA\): no value for vpd_hpa"):
+    flux.require_meteo(flux.read_daily_gpp(TW3_BASE))
+
+
+def test_meteo_from_relative_humidity_and_half_hourly_qc(tmp_path):
+  table = _fluxnet_hh(30, days=2)
+  n = len(table)
+  table["TA_F"], table["SW_IN_F"], table["RH"] = 20.0, np.tile(np.r_[np.zeros(24), np.full(24, 400.0)], 2), 60.0
+  table["TA_F_QC"] = np.r_[np.full(12, 2), np.zeros(n - 12)]        # day 1: 12 medium-quality gap-fills
+  table["SW_IN_F_QC"] = 0
+  path = tmp_path / "FLX_DE-Hai_FLUXNET2015_FULLSET_HH_2018-2018_beta-3.csv"
+  table.to_csv(path, index=False)
+  daily = flux.read_daily_gpp(path)
+  es = 6.108 * np.exp(17.27 * 20 / (20 + 237.3))
+  np.testing.assert_allclose(daily["vpd_hpa"], es * 0.4)            # VPD = es(TA) (1 - RH/100)
+  np.testing.assert_allclose(daily["sw_in_w_m2"], 200.0)            # daily mean of night and day
+  np.testing.assert_allclose(daily["ta_c_qc"], [36 / 48, 1.0])      # QC 0/1 count as good
+  assert "RH" in daily.attrs["meteo"]["vpd_hpa"]["column"]
+
+
+def test_meteo_in_kelvin_is_refused(tmp_path):
+  raw = _raw(AR1_DD)
+  raw["TA_F"] = raw["TA_F"] + 273.15
+  path = tmp_path / AR1_DD.name
+  raw.to_csv(path, index=False)
+  with pytest.raises(flux.FluxFormatError, match=r"column TA_F: median 2\d\d\.\d: looks like kelvin"):
+    flux.read_daily_gpp(path)
+
+
+def test_duplicated_dates(tmp_path):
+  raw = _raw(AR1_DD)
+  same = tmp_path / "same.csv"
+  pd.concat([raw, raw.iloc[[10, 20]]]).to_csv(same, index=False)
+  daily = flux.read_daily_gpp(same)
+  assert len(daily) == 181 and daily.attrs["duplicates_dropped"] == 2 and daily["date"].is_monotonic_increasing
+  clash = raw.iloc[[10]].copy()
+  clash["GPP_NT_VUT_REF"] = 99.0
+  differing = tmp_path / "differing.csv"
+  pd.concat([raw, clash]).to_csv(differing, index=False)
+  with pytest.raises(flux.FluxFormatError, match=r"differing.csv: column TIMESTAMP: 1 timestamps appear more than "
+                                                 r"once with different values \(first 20090111: GPP_NT_VUT_REF"):
+    flux.read_daily_gpp(differing)
+
+
+def test_cli_refuses_its_own_input_and_an_existing_output(tmp_path):
+  import subprocess
+  import sys
+  source = tmp_path / AR1_DD.name
+  source.write_bytes(AR1_DD.read_bytes())
+  before = source.read_bytes()
+  cmd = [sys.executable, "-m", "earthrep.flux"]
+  proc = subprocess.run([*cmd, str(source), "--out", str(source), "--overwrite"], capture_output=True, text=True)
+  assert proc.returncode == 2 and "is the input file" in proc.stderr and source.read_bytes() == before
+  out = tmp_path / "daily.csv"
+  out.write_text("mine\n")
+  proc = subprocess.run([*cmd, str(source), "--out", str(out)], capture_output=True, text=True)
+  assert proc.returncode == 2 and "pass --overwrite" in proc.stderr and out.read_text() == "mine\n"
+  proc = subprocess.run([*cmd, str(source), "--out", str(out), "--overwrite"], capture_output=True, text=True)
+  assert proc.returncode == 0 and "ta_c from TA_F (deg C)" in proc.stdout
+  written = pd.read_csv(out)
+  assert list(written.columns) == list(flux.OUTPUT_COLUMNS) and written["vpd_hpa"].notna().all()

@@ -1,15 +1,14 @@
-"""earthrep.gpp: footprints, daily series, indices, splits, metrics, regressors and the CLI end to end."""
+"""earthrep.gpp and the GPP building blocks of earthrep.evaluation: footprints and the clear-share rule, daily
+series, indices, metrics, windows, the transformer with early stopping, and the `earthrep.gpp` alias end to end."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from earthrep.evaluation import baselines, features, regressors
-from earthrep.evaluation import splits as evaluate
+from earthrep.evaluation import baselines, features, metrics, regressors
 
 
 def test_footprint_mask_and_mean():
@@ -69,8 +68,9 @@ def test_ucm_fit_path():
 
 
 def test_index_formulas_known_values():
-  bands = {"B02": np.array([0.05]), "B04": np.array([0.1]), "B08": np.array([0.5]), "B05": np.array([0.2]),
-           "B11": np.array([0.3])}
+  bands = {"B02": np.array([0.05]), "B03": np.array([0.08]), "B04": np.array([0.1]), "B05": np.array([0.2]),
+           "B06": np.array([0.3]), "B07": np.array([0.4]), "B08": np.array([0.5]), "B11": np.array([0.3]),
+           "B12": np.array([0.15])}
   out = {k: float(v[0]) for k, v in baselines.spectral_indices(bands).items()}
   ndvi = 0.4 / 0.6
   assert out["NDVI"] == pytest.approx(ndvi)
@@ -80,12 +80,33 @@ def test_index_formulas_known_values():
   assert out["SAVI"] == pytest.approx(1.5 * 0.4 / 1.1)
   assert out["NDMI"] == pytest.approx(0.2 / 0.8)
   assert out["NDREI"] == pytest.approx(0.3 / 0.7)
+  assert out["GNDVI"] == pytest.approx(0.42 / 0.58)
+  assert out["CIRE"] == pytest.approx(0.4 / 0.2 - 1)
+  assert out["MTCI"] == pytest.approx(0.1 / 0.1)
+  assert out["NBR"] == pytest.approx(0.35 / 0.65)
+  assert out["NDWI"] == pytest.approx(-0.42 / 0.58)
+  assert set(out) == set(baselines.INDEX_NAMES)
+
+
+def test_clear_share_rule_is_the_same_for_every_set():
+  from data_prep import demo_world
+  cube = demo_world.make_site_cube(seed=2, size=24, days=200)
+  x, y = features.pixel_centre_coords(cube.transform, 24, 24)
+  mask = features.cube_footprint(cube, (x[12], y[12]), features.DEMO_RADIUS_M)
+  assert mask.sum() == 25 and mask[10:15, 10:15].all()                    # the demo's 5 x 5 footprint
+  share = features.clear_share(cube, mask)
+  keep = features.clear_days(cube, mask)
+  assert set(keep) == set(share.index[share >= 0.5]) and 0 < len(keep) < len(share)
+  s2 = baselines.s2_series(cube, mask, keep)
+  assert set(s2.index.normalize()) == set(keep)
+  fewer = keep[::2]                                                      # e.g. the dates an embedding has
+  assert set(baselines.s2_series(cube, mask, fewer).index.normalize()) == set(fewer)
 
 
 def test_metrics_by_hand():
   obs = np.array([1.0, 2.0, 3.0, 6.0])
   pred = np.array([1.5, 2.0, 2.0, 7.0])
-  m = evaluate.metrics(obs, pred, climatology=np.array([1.0, 1.0, 4.0, 4.0]))
+  m = metrics.metrics(obs, pred, climatology=np.array([1.0, 1.0, 4.0, 4.0]))
   assert m["n"] == 4
   assert m["rmse"] == pytest.approx(np.sqrt((0.25 + 0 + 1 + 1) / 4))
   assert m["bias"] == pytest.approx(0.5 / 4)
@@ -93,43 +114,8 @@ def test_metrics_by_hand():
   assert m["nse"] == pytest.approx(1 - 2.25 / 14.0)                         # SST = 2.25+0.25+0.25+9
   assert m["r2"] == pytest.approx(np.corrcoef(obs, pred)[0, 1] ** 2)
   assert m["r2_anom"] == pytest.approx(np.corrcoef([0, 1, -1, 2], [0.5, 1, -2, 3])[0, 1] ** 2)
-  cycle = evaluate.seasonal_cycle(pd.date_range("2019-01-01", "2019-12-31"), np.full(365, 2.0))
+  cycle = metrics.seasonal_cycle(pd.date_range("2019-01-01", "2019-12-31"), np.full(365, 2.0))
   assert len(cycle) == 366 and np.allclose(cycle, 2.0)                     # 29 Feb from its neighbours
-
-
-def _site(site_id: str, offset: float, years=("2019-01-01", "2020-12-31")) -> evaluate.SiteData:
-  days = pd.date_range(*years)
-  season = np.sin(2 * np.pi * days.day_of_year / 365.0)
-  feats = pd.DataFrame({"a": season + offset, "b": np.cos(days.day_of_year / 50.0)}, index=days)
-  gpp = 5 + 4 * season + offset
-  return evaluate.SiteData(site_id, days, gpp, np.ones(len(days), bool), {"toy": feats})
-
-
-class _Recorder:
-  calls: list[np.ndarray] = []
-
-  def fit(self, x_btf, y_b):
-    _Recorder.calls.append(x_btf[:, -1, 0].copy())
-    self.mean = y_b.mean()
-    return self
-
-  def predict(self, x_btf):
-    return np.full(len(x_btf), self.mean)
-
-
-def test_loso_never_trains_on_held_out_site():
-  sites = [_site("S1", 0.0), _site("S2", 100.0), _site("S3", 200.0)]   # feature offset marks the site
-  _Recorder.calls = []
-  predictions = evaluate.run_split(sites, "toy", _Recorder, "loso", train_stride=7)
-  assert sorted(predictions["fold"].unique()) == ["S1", "S2", "S3"]
-  for fold, trained in zip(["S1", "S2", "S3"], _Recorder.calls):
-    held = {"S1": 0.0, "S2": 100.0, "S3": 200.0}[fold]
-    assert not np.any(np.abs(trained - held) < 50)                       # no window of the held-out site
-    assert set(predictions.loc[predictions["fold"] == fold, "site"]) == {fold}
-  temporal = evaluate.run_split(sites, "toy", _Recorder, "temporal", train_stride=7)
-  assert (pd.DatetimeIndex(temporal["date"]).year == 2020).all() and len(_Recorder.calls) == 4
-  scores = evaluate.score(predictions, sites, "loso")
-  assert scores["site"].tolist() == ["pooled", "S1", "S2", "S3"]
 
 
 def test_windows_need_complete_features_and_qc():
@@ -149,10 +135,23 @@ def test_transformer_learns_simple_relation():
   x, y, _ = regressors.make_windows(drivers, gpp, np.ones(days, bool), window_days=30, stride=2)
   config = regressors.TransformerConfig(d_model=16, heads=2, layers=1, ffn=32, steps=120, batch=16)
   model = regressors.TransformerRegressor(config).fit(x, y)
-  assert np.mean(model.losses[-15:]) < 0.5 * np.mean(model.losses[:5])
+  assert len(model.losses) == 120 and np.mean(model.losses[-15:]) < 0.5 * np.mean(model.losses[:5])
   again = regressors.TransformerRegressor(config).fit(x, y)
   np.testing.assert_allclose(again.losses, model.losses, rtol=1e-5)   # deterministic given the seed
   assert np.corrcoef(model.predict(x), y)[0, 1] > 0.8
+
+
+def test_transformer_stops_early_on_validation():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(300, 30, 3)).astype(np.float32)   # the shape of the test above: one compilation
+  y = rng.normal(size=300).astype(np.float32)                          # nothing to learn: validation stalls
+  config = regressors.TransformerConfig(d_model=16, heads=2, ffn=32, steps=400, batch=16, eval_every=10, patience=3)
+  model = regressors.TransformerRegressor(config).fit(x[:200], y[:200], x[200:], y[200:])
+  steps, losses = zip(*model.val_losses)
+  assert len(model.losses) < 400 and steps[-1] == len(model.losses)   # stopped before the last step
+  assert model.best_step == steps[int(np.argmin(losses))] and len(steps) - 1 - int(np.argmin(losses)) == 3
+  pred = model.predict(x[200:])                                        # the parameters of the best step
+  assert np.mean(np.abs(model.y_scale(pred) - model.y_scale(y[200:]))) == pytest.approx(min(losses), rel=1e-4)
 
 
 def _fake_feature_cube(cube_path: Path, out: Path) -> None:
@@ -175,7 +174,7 @@ def _fake_feature_cube(cube_path: Path, out: Path) -> None:
   ds.to_zarr(out, mode="w", consolidated=False)
 
 
-def test_end_to_end_baselines_and_fake_embedding(tmp_path):
+def test_gpp_alias_end_to_end_baselines_and_fake_embedding(tmp_path, capsys):
   from data_prep import demo_world
   from earthrep.gpp import main
   world = tmp_path / "world"
@@ -184,18 +183,24 @@ def test_end_to_end_baselines_and_fake_embedding(tmp_path):
   for site in site_ids:
     _fake_feature_cube(world / "cubes" / site, feature_dir / "fake" / f"{site}.zarr")
   out = tmp_path / "report"
-  from threadpoolctl import threadpool_limits
-  with threadpool_limits(1):   # tiny fits: OpenMP threads only add overhead
-    main(["--cubes", str(world / "cubes"), "--flux", str(world / "flux"), "--out", str(out),
-          "--features", "fused,fake,ndvi,s1", "--feature-cubes", str(feature_dir), "--regressors", "ridge,hgb",
-          "--window-days", "30", "--radius-m", "50"])
-  metrics = pd.read_csv(out / "metrics.csv")
-  assert set(metrics["feature_set"]) == {"fake", "ndvi", "s1"}             # fused: no model, skipped
-  assert set(metrics["site"]) == {"pooled", *site_ids}
-  assert len(metrics) == 3 * 2 * (len(site_ids) + 1)
-  pooled = metrics[(metrics["site"] == "pooled")].set_index(["feature_set", "regressor"])
+  args = ["--cubes", str(world / "cubes"), "--flux", str(world / "flux"), "--out", str(out),
+          "--features", "fused,fake,ndvi,s1", "--feature-cubes", str(feature_dir), "--regressors", "ridge",
+          "--window-days", "30", "--radius-m", "50"]
+  assert main(args) == 0
+  assert "skipped: fused: no --model" in capsys.readouterr().err
+  table = pd.read_csv(out / "metrics.csv")
+  assert set(table["feature_set"]) == {"fake", "ndvi", "s1"} and set(table["design"]) == {"x"}
+  assert set(table["site"]) == {"pooled", *site_ids} and set(table["split"]) == {"loso"}
+  assert len(table) == 3 * (len(site_ids) + 1)
+  pooled = table[table["site"] == "pooled"].set_index(["feature_set", "regressor"])
   assert np.isfinite(pooled["rmse"]).all() and (pooled["n"] > 100).all()
+  assert (pooled["r2_lo"] <= pooled["r2"] + 1e-9).all() and (pooled["r2"] <= pooled["r2_hi"] + 1e-9).all()
+  # The fake set's first feature is NDVI itself: both must score alike on the same days.
+  assert pooled.loc[("fake", "ridge"), "n"] == pooled.loc[("ndvi", "ridge"), "n"]
   text = (out / "report.md").read_text()
-  assert text.index("pooled over sites") < text.index(f"### {site_ids[0]}") and "skipped: fused" in text
-  for name in ["skill.png", "scatter.png", *[f"series_{s}.png" for s in site_ids]]:
+  assert text.index("## Verdict (loso)") < text.index("## Pooled skill (loso") < text.index("## Per site")
+  for name in ("skill_loso.png", "scatter.png", "series.png"):
     assert (out / name).stat().st_size > 1000
+  before = (out / "metrics.csv").read_bytes()
+  assert main(args) == 2 and "pass --overwrite" in capsys.readouterr().err   # an existing report is kept
+  assert (out / "metrics.csv").read_bytes() == before

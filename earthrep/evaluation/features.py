@@ -1,11 +1,18 @@
 """Per-site daily feature series: footprint statistics of a feature cube, made daily.
 
-A feature cube is the Zarr format of `earthrep.io.feature_cube` (written by `earthrep.embed`): `features`
-float32 `(feature, time, y, x)` on UTM pixel centres, NaN where no embedding. The footprint is the set of pixels whose
-centres lie within `radius_m` of the tower (default 250 m: the 70-80 % daily source area of a tower a few
-metres above short vegetation or a forest canopy lies within a few hundred metres, and a 250 m disc still
-holds ~1960 pixels of 10 m, so one cloud-free patch suffices); `radius_m=None` is the reference's whole-cube
-mean. Daily series (ARCHITECTURE.md g):
+A feature cube is the Zarr format of `earthrep.io.feature_cube` (written by `earthrep.embed` or the
+evaluation's own crops): `features` float32 `(feature, time, y, x)` on UTM pixel centres, NaN where no
+embedding. The footprint is the set of pixels whose centres lie within `radius_m` of the tower:
+* demo worlds: `DEMO_RADIUS_M` = 28.3 m, exactly the 5 x 5 pixels whose GPP the simulator writes (the disc
+  through the corner pixel centres, 2 sqrt(2) x 10 m);
+* real towers: `DEFAULT_RADIUS_M` = 250 m unless `--radius-m` says otherwise (the 70-80 % daily source area of
+  a tower a few metres above short vegetation or a forest canopy lies within a few hundred metres, and a
+  250 m disc still holds ~1960 pixels of 10 m, so one cloud-free patch suffices).
+Clear-share rule, the same for every S2-derived feature set (bands, indices, clear-date embeddings): a date
+counts when >= `MIN_CLEAR_FRACTION` (0.5) of the footprint's pixels are clear in the cube (all 10 bands valid
+after `data.preprocess.prepare_s2`), so a half-clouded footprint does not bias the mean towards its clear
+side (`clear_days`); a feature cube's footprint mean on such a date averages its valid pixels.
+Daily series (ARCHITECTURE.md g):
 * `linear`: per-date mean, duplicates of one day averaged, reindexed to every day, linear interpolation with
   the ends held constant (the reference's linear.py; over the whole requested span, not per calendar year).
 * `ucm`: per feature and calendar year, standardised, statsmodels `UnobservedComponents(level="local level",
@@ -27,9 +34,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from earthrep.data.preprocess import prepare_s2
 from earthrep.io import feature_cube
+from earthrep.io.cube import pixel_centre_coords
+from earthrep.schema import SiteCube
 
 DEFAULT_RADIUS_M = 250.0
+DEMO_RADIUS_M = 28.3
+MIN_CLEAR_FRACTION = 0.5
 DAILY_METHODS = ("linear", "ucm", "reindex")
 UCM_MIN_OBS = 5
 UCM_FITS = (("lbfgs", 600), ("powell", 900), ("nm", 900))
@@ -66,14 +78,38 @@ def tower_xy(crs: str, lon: float, lat: float) -> tuple[float, float]:
   return float(xs[0]), float(ys[0])
 
 
-def feature_cube_series(path: str | Path, centre_xy: tuple[float, float] | None,
-                        radius_m: float | None = DEFAULT_RADIUS_M) -> pd.DataFrame:
-  """Observation-date footprint means of a feature cube; index time, one column per feature."""
-  fc = feature_cube.read(path)
+def cube_footprint(cube: SiteCube, centre_xy: tuple[float, float], radius_m: float | None) -> np.ndarray:
+  """(h, w) footprint mask on the cube grid."""
+  h, w = cube.shape_hw
+  x, y = pixel_centre_coords(cube.transform, h, w)
+  return footprint_mask(x, y, centre_xy, radius_m)
+
+
+def clear_share(cube: SiteCube, mask_hw: np.ndarray) -> pd.Series:
+  """Per S2 date (normalised day, duplicates: the larger share): share of footprint pixels that are clear."""
+  clear_tn = np.isfinite(prepare_s2(cube.s2_reflectance, cube.cloud_mask)[:, mask_hw, :]).all(-1)
+  share = pd.Series(clear_tn.mean(1), index=pd.DatetimeIndex(cube.s2_time).normalize())
+  return share.groupby(level=0).max()
+
+
+def clear_days(cube: SiteCube, mask_hw: np.ndarray, min_fraction: float = MIN_CLEAR_FRACTION) -> pd.DatetimeIndex:
+  """Days whose footprint passes the clear-share rule."""
+  share = clear_share(cube, mask_hw)
+  return pd.DatetimeIndex(share.index[share.to_numpy() >= min_fraction])
+
+
+def feature_cube_series(source: str | Path | feature_cube.FeatureCube, centre_xy: tuple[float, float] | None,
+                        radius_m: float | None = DEFAULT_RADIUS_M,
+                        keep_days: pd.DatetimeIndex | None = None) -> pd.DataFrame:
+  """Date footprint means of a feature cube (only `keep_days` if given); index time, one column per feature."""
+  fc = source if isinstance(source, feature_cube.FeatureCube) else feature_cube.read(source)
   if centre_xy is None:   # the tower sits at the cube centre pixel
     centre_xy = (float(fc.x[len(fc.x) // 2]), float(fc.y[len(fc.y) // 2]))
   mean_tf = footprint_mean(np.moveaxis(fc.values_fthw, 0, 1), footprint_mask(fc.x, fc.y, centre_xy, radius_m))
-  return pd.DataFrame(mean_tf, index=pd.DatetimeIndex(fc.time, name="time"), columns=fc.names)
+  frame = pd.DataFrame(mean_tf, index=pd.DatetimeIndex(fc.time, name="time"), columns=fc.names)
+  if keep_days is not None:
+    frame = frame[frame.index.normalize().isin(keep_days)]
+  return frame
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,8 +23,21 @@ scaled by steps_per_day / valid steps when a few are missing. Days are those of 
 own clock, which is local standard time (no daylight saving) in FLUXNET, ICOS and AmeriFlux; no UTC shift is
 applied (satellite acquisitions near 10:30 local fall on the same day). -9999 (and -9999.0) mean missing.
 
-`python -m earthrep.flux FILE --out daily.csv` (earthrep/flux.py) writes date, gpp, qc_ok, source_column,
-qc_column, qc_fraction, valid_fraction.
+Meteorological drivers (every format): daily `sw_in_w_m2` (shortwave in, W m-2, daily mean), `ta_c` (air
+temperature, deg C, daily mean) and `vpd_hpa` (vapour pressure deficit, hPa, daily mean), each with `<name>_qc`,
+the fraction (0-1) of the day's steps that are measured or good gap-fill. Columns, first present:
+SW_IN_F, SW_IN_F_MDS, SW_IN; TA_F, TA_F_MDS, TA; VPD_F, VPD_F_MDS, VPD (FLUXNET/ICOS; QC in `<column>_QC`: a
+fraction in DD files, classes 0-3 per step in HH/HR, 0/1 counting as good); AmeriFlux BASE: SW_IN_PI_F,
+SW_IN_F, SW_IN (then `_1_1_1`-style qualified ones), likewise TA and VPD, QC = share of steps with a value.
+Without a VPD column, VPD is derived from TA and RH (%): es(TA) (1 - RH/100), es by the Magnus formula
+(FAO-56 eq. 11, in hPa). Sub-daily drivers are daily means over the day's steps, NaN when fewer than
+`min_valid_fraction` of them have a value. A driver the file lacks is an all-NaN column with the reason in
+`attrs["meteo"]`; `require_meteo` turns that into a FluxFormatError naming the file and the columns tried.
+TA above 150 is refused as kelvin.
+Duplicated timestamps: identical rows are dropped and counted (`attrs["duplicates_dropped"]`); rows that
+share a timestamp but differ are refused (FluxFormatError naming the first such timestamp).
+
+`python -m earthrep.flux FILE --out daily.csv` (earthrep/flux.py) writes OUTPUT_COLUMNS.
 """
 from __future__ import annotations
 
@@ -46,7 +59,13 @@ DEFAULT_MIN_VALID_FRACTION = 0.8
 FLUXNET_GPP_COLUMNS = ("GPP_NT_VUT_REF", "GPP_DT_VUT_REF", "GPP_NT_CUT_REF", "GPP_DT_CUT_REF")
 BASE_GPP_COLUMNS = ("GPP_PI_F", "GPP_PI", "GPP_F", "GPP")
 FORMATS = ("fluxnet_dd", "fluxnet_hh", "ameriflux_base", "icos_archive")
-OUTPUT_COLUMNS = ("date", "gpp", "qc_ok", "source_column", "qc_column", "qc_fraction", "valid_fraction")
+# Meteorological drivers: output name -> (FLUXNET/ICOS columns, AmeriFlux BASE columns, units).
+METEO = {"sw_in_w_m2": (("SW_IN_F", "SW_IN_F_MDS", "SW_IN"), ("SW_IN_PI_F", "SW_IN_F", "SW_IN"), "W m-2"),
+         "ta_c": (("TA_F", "TA_F_MDS", "TA"), ("TA_PI_F", "TA_F", "TA"), "deg C"),
+         "vpd_hpa": (("VPD_F", "VPD_F_MDS", "VPD"), ("VPD_PI_F", "VPD_F", "VPD"), "hPa")}
+RH_COLUMNS = (("RH",), ("RH_PI_F", "RH_F", "RH"))
+OUTPUT_COLUMNS = ("date", "gpp", "qc_ok", "source_column", "qc_column", "qc_fraction", "valid_fraction",
+                  *[c for name in METEO for c in (name, f"{name}_qc")])
 
 
 class FluxFormatError(EarthrepError):
@@ -240,11 +259,112 @@ def _read_base(table: pd.DataFrame, where: str, gpp_column: str | None, min_vali
   return _frame(dates, gpp, good, valid, ok, column, qc_name)
 
 
+# ---------------------------------------------------------------------------------------------
+# Duplicates and meteorology.
+# ---------------------------------------------------------------------------------------------
+def _dedupe(table: pd.DataFrame, column: str, where: str) -> tuple[pd.DataFrame, int]:
+  """Drops rows that repeat an earlier row exactly; refuses rows that share a timestamp but differ."""
+  key = table[column].astype(str).str.strip()
+  if not key.duplicated().any():
+    return table, 0
+  exact = table.assign(**{column: key}).duplicated(keep="first")
+  kept, key = table[~exact], key[~exact]
+  clash = key.duplicated(keep=False)
+  if clash.any():
+    first = key[clash].iloc[0]
+    rows = kept[key == first]
+    differ = [c for c in rows.columns if c != column and rows[c].nunique(dropna=False) > 1]
+    raise _error(where, column, f"{key[clash].nunique()} timestamps appear more than once with different "
+                 f"values (first {first}: {', '.join(differ[:4])} differ); remove the duplicated rows")
+  return kept.reset_index(drop=True), int(exact.sum())
+
+
+def saturation_vapour_pressure_hpa(ta_c: np.ndarray) -> np.ndarray:
+  """Magnus formula (FAO-56 eq. 11) in hPa."""
+  return 6.108 * np.exp(17.27 * ta_c / (ta_c + 237.3))
+
+
+def _meteo_column(table: pd.DataFrame, candidates: Sequence[str], base: bool) -> str | None:
+  found = next((c for c in candidates if c in table.columns), None)
+  if found or not base:
+    return found
+  stem = candidates[-1]
+  qualified = sorted(c for c in table.columns if re.fullmatch(rf"{stem}(_PI)?(_F)?(_\d+){{1,3}}", c))
+  return qualified[0] if qualified else None
+
+
+def _steps(table: pd.DataFrame, column: str, base: bool, daily: bool, where: str) -> tuple[np.ndarray, np.ndarray]:
+  """Values of a driver column and, per row, whether it is measured or good gap-fill (DD: the fraction)."""
+  values = _numeric(table, column, where)
+  qc_name = f"{column}_QC"
+  if base or qc_name not in table.columns:
+    return values, np.isfinite(values).astype(float)
+  qc = _numeric(table, qc_name, where)
+  if daily:
+    return values, np.where(qc > 1.1, qc / 100.0, qc)
+  return values, np.isin(qc, (0, 1)).astype(float)
+
+
+def _daily_meteo(table: pd.DataFrame, where: str, fmt: str, min_valid_fraction: float
+                 ) -> tuple[pd.DataFrame, dict[str, dict[str, str]]]:
+  """Daily drivers (index: day) with their QC fractions, and per driver its column, QC and units."""
+  base, daily = fmt == "ameriflux_base", fmt == "fluxnet_dd"
+  if daily:
+    days, steps_per_day = _timestamps(table, "TIMESTAMP", "%Y%m%d", where), 1
+  else:
+    start = _timestamps(table, "TIMESTAMP_START", "%Y%m%d%H%M", where)
+    seconds = start.values.astype("datetime64[s]").astype(np.int64)
+    step_s = float(np.median(np.diff(seconds))) if len(start) > 1 else 1800.0
+    days, steps_per_day = start.normalize(), int(round(86400 / max(step_s, 1.0)))
+  raw, info = {}, {}
+  for name, (fluxnet, ameriflux, units) in METEO.items():
+    candidates = ameriflux if base else fluxnet
+    column = _meteo_column(table, candidates, base)
+    if column is None:
+      rh_note = " (or RH with TA)" if name == "vpd_hpa" else ""
+      info[name] = {"missing": f"{' / '.join(candidates)}{rh_note}", "units": units}
+      continue
+    raw[name] = _steps(table, column, base, daily, where)
+    qc = "" if base or f"{column}_QC" not in table.columns else f"{column}_QC"
+    info[name] = {"column": column, "qc_column": qc, "units": units}
+  if "ta_c" in raw and np.nanmedian(raw["ta_c"][0]) > 150:
+    raise _error(where, info["ta_c"]["column"], f"median {np.nanmedian(raw['ta_c'][0]):.1f}: looks like kelvin; "
+                 "expected deg C")
+  rh = _meteo_column(table, RH_COLUMNS[base], base)
+  if "vpd_hpa" not in raw and rh and "ta_c" in raw:   # VPD from relative humidity
+    rh_values, rh_good = _steps(table, rh, base, daily, where)
+    ta, ta_good = raw["ta_c"]
+    raw["vpd_hpa"] = (saturation_vapour_pressure_hpa(ta) * (1 - np.clip(rh_values, 0, 100) / 100.0),
+                      np.minimum(ta_good, rh_good))
+    info["vpd_hpa"] = {"column": f"es({info['ta_c']['column']}) * (1 - {rh}/100)", "qc_column": "",
+                       "units": "hPa"}
+  frame = {}
+  for name, (values, good) in raw.items():
+    part = pd.DataFrame({"v": values, "ok": np.isfinite(values), "good": good}, index=days)
+    grouped = part.groupby(level=0)
+    enough = grouped["ok"].sum() / steps_per_day >= (min_valid_fraction if not daily else 1.0)
+    frame[name] = grouped["v"].mean().where(enough)
+    frame[f"{name}_qc"] = grouped["good"].sum(min_count=1) / steps_per_day
+  return pd.DataFrame(frame), info
+
+
+def require_meteo(daily: pd.DataFrame, names: Sequence[str] = tuple(METEO)) -> None:
+  """Raises FluxFormatError naming the file and the columns tried for each driver it lacks."""
+  info = daily.attrs.get("meteo", {})
+  missing = [n for n in names if n not in daily.columns or not np.isfinite(daily[n]).any()]
+  if missing:
+    columns = " and ".join(info.get(n, {}).get("missing") or info.get(n, {}).get("column", n) for n in missing)
+    raise FluxFormatError(f"{daily.attrs.get('path', 'flux file')}: column {columns}: no value for "
+                          f"{', '.join(missing)} ({', '.join(METEO[n][2] for n in missing)}); the meteorology "
+                          "models need shortwave radiation, air temperature and VPD")
+
+
 def read_daily_gpp(path: str | Path, *, gpp_column: str | None = None,
                    min_good_fraction: float = DEFAULT_MIN_GOOD_FRACTION,
                    min_valid_fraction: float = DEFAULT_MIN_VALID_FRACTION,
                    min_good_fraction_base: float | None = None) -> pd.DataFrame:
-  """Any supported file -> one row per day: OUTPUT_COLUMNS; attrs["format"] names the detected format."""
+  """Any supported file -> one row per day: OUTPUT_COLUMNS; attrs: "format" (the detected format), "path",
+  "meteo" (per driver its column, QC column and units, or why it is missing), "duplicates_dropped"."""
   path = Path(path)
   text, where = _text_of(path)
   comments, table = _header_and_table(text, where)
@@ -254,15 +374,21 @@ def read_daily_gpp(path: str | Path, *, gpp_column: str | None = None,
     raise _error(where, "TIMESTAMP", f"unknown flux format: {e}; columns {list(table.columns)[:8]}") from e
   if table.empty:
     raise _error(where, "-", "no data rows")
+  table, dropped = _dedupe(table, "TIMESTAMP" if fmt == "fluxnet_dd" else "TIMESTAMP_START", where)
   if fmt == "fluxnet_dd":
     daily = _read_dd(table, where, gpp_column, min_good_fraction)
   elif fmt == "fluxnet_hh":
     daily = _read_hh(table, where, gpp_column, min_good_fraction, min_valid_fraction)
   else:
     daily = _read_base(table, where, gpp_column, min_valid_fraction, min_good_fraction_base)
-  daily = daily.drop_duplicates("date").sort_values("date").reset_index(drop=True)
-  daily.attrs["format"] = "icos_archive" if zipfile.is_zipfile(path) else fmt
-  daily.attrs["path"] = str(path)
+  meteo, info = _daily_meteo(table, where, fmt, min_valid_fraction)
+  for name in METEO:
+    for column in (name, f"{name}_qc"):
+      values = meteo[column] if column in meteo else pd.Series(dtype=float)
+      daily[column] = values.reindex(pd.DatetimeIndex(daily["date"])).to_numpy(np.float64)
+  daily = daily.sort_values("date").reset_index(drop=True)
+  daily.attrs.update(format="icos_archive" if zipfile.is_zipfile(path) else fmt, path=str(path), meteo=info,
+                     duplicates_dropped=dropped)
   return daily
 
 
