@@ -35,7 +35,7 @@ S1_SHARD_ARGS ?= --spatial-stride 5 --time-stride 20
 
 $(DEMO)/shards/%/metadata.json: $(DEMO)/sites.csv
 	$(BIN)/python -m data_prep.build_shards --cubes $(DEMO)/cubes --out $(DEMO)/shards/$* --modality $* \
-	    $(if $(filter s1,$*),$(S1_SHARD_ARGS),$(SHARD_ARGS))
+	    $(if $(filter s1,$*),$(S1_SHARD_ARGS),$(SHARD_ARGS)) --overwrite
 
 demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $(DEMO)/shards/fused/metadata.json
 	$(BIN)/python -m earthrep.train --config experiments/s1_ae.py:runlocal --workdir $(RUNS)/s1_ae \
@@ -44,6 +44,9 @@ demo: $(STAMP) $(DEMO)/shards/s1/metadata.json $(DEMO)/shards/s2/metadata.json $
 	    --config.data_dir=$(DEMO)/shards/s2
 	$(BIN)/python -m earthrep.train --config experiments/fusion.py:runlocal --workdir $(RUNS)/fusion \
 	    --config.s1_workdir=$(RUNS)/s1_ae --config.s2_workdir=$(RUNS)/s2_ae --config.data_dir=$(DEMO)/shards/fused
+	$(BIN)/python -m benchmarks.noise_floor --world $(DEMO) --shards $(DEMO)/shards/s2 --out $(DEMO)/training/floors.json
+	$(BIN)/python -m earthrep.summarize --run s1_ae=$(RUNS)/s1_ae --run s2_ae=$(RUNS)/s2_ae --run fusion=$(RUNS)/fusion \
+	    --out $(DEMO)/training --floors $(DEMO)/training/floors.json
 	for cube in $(DEMO)/cubes/*/; do site=$$(basename $$cube); \
 	  $(BIN)/python -m earthrep.embed --model $(RUNS)/fusion --cube $$cube \
 	      --out $(DEMO)/features/fused/$$site.zarr --quicklook auto --resume || exit 1; done

@@ -23,6 +23,7 @@ def checkout(rev: str) -> Path:
                        check=True).stdout.strip()
   path = Path(tempfile.gettempdir()) / f"earthrep-baseline-{sha}"
   if not (path / "earthrep").is_dir():
+    subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=True, capture_output=True)   # removed temp dirs
     subprocess.run(["git", "worktree", "add", "--detach", str(path), sha], cwd=REPO, check=True,
                    capture_output=True)
   return path

@@ -1,7 +1,7 @@
 """Feature-cube speed: naive (full forward per window) vs fast (shared conv features, no decoders).
 
   python -m benchmarks.embed_speed [--full] [--sizes 30x240,46x240,46x365,22x240:daily]
-      [--clear-sky 30x240] [--fill frame|window] [--batch 64]
+      [--clear-sky 30x240] [--fill frame|window] [--batch 64] [--baseline REV]
 
 Runs both paths side by side on the same demo cubes (`data_prep.demo_world.make_site_cube`, size x days,
 embedded as one tile of (size - 14)^2 output pixels: 46 px gives the default 32x32 tile of
@@ -110,7 +110,47 @@ def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = Fa
   return result
 
 
+# The fast path of an earlier commit, timed in a fresh process on the same cube (its module names differ:
+# before the package layout of issue 16 the engine was `earthrep.embed_core`).
+_BASELINE = r'''
+import json, time
+import numpy as np
+from data_prep.demo_world import make_site_cube
+try:
+  from earthrep.inference import engine as E
+  from earthrep.data import windows as W
+  from earthrep.interop.torch_import import random_fusion
+  model, params = random_fusion("" if {full} else "runlocal", fill={fill!r})
+except ImportError:
+  from earthrep import embed_core as E, windows as W
+  from benchmarks import embed_speed as old
+  model, params = old.random_fusion(old.FULL if {full} else old.RUNLOCAL, fill={fill!r})
+engine = E.Engine(model, params, {batch})
+cube = make_site_cube(0, size={size}, days={days})
+if {clear_sky}:
+  cube.cloud_mask[:] = 0
+merged = W.merge(cube, with_s1="s1" in model.sensors)
+win = W.clear_windows(merged) if {dates!r} == "clear" else W.anyday_windows(merged, W.daily_days(merged))
+t = {size} - 14
+rows, cols = np.meshgrid(np.arange(t) + 7, np.arange(t) + 7, indexing="ij")
+n_valid = int(W.pixel_valid(merged, win, rows.ravel(), cols.ravel()).sum())
+E.fast_tile(engine, merged, win, t, t)
+t0 = time.perf_counter()
+E.fast_tile(engine, merged, win, t, t)
+seconds = time.perf_counter() - t0
+print(json.dumps({{"pixel_dates": n_valid, "s": seconds, "px_dates_s": n_valid / seconds}}))
+'''
+
+
+def baseline_fast(tree, full: bool, fill: str, batch: int, size: int, days: int, clear_sky: bool,
+                  dates: str) -> dict:
+  from benchmarks import baseline
+  return baseline.run(_BASELINE.format(full=full, fill=fill, batch=batch, size=size, days=days,
+                                       clear_sky=clear_sky, dates=dates), tree)
+
+
 def main(argv=None) -> None:
+  from benchmarks import baseline
   from benchmarks.common import matmul_ceiling, peak_rss_gb
   parser = argparse.ArgumentParser()
   parser.add_argument("--full", action="store_true")
@@ -120,28 +160,35 @@ def main(argv=None) -> None:
   parser.add_argument("--fill", default="frame", choices=("frame", "window"),
                       help="the model's input fill (window = the reference's; see inference.engine)")
   parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--baseline", default=None,
+                      help="a commit whose fast path is timed beside the current tree's (git worktree)")
   args = parser.parse_args(argv)
+  old_tree = baseline.checkout(args.baseline) if args.baseline else None
   model, params = torch_import.random_fusion("" if args.full else "runlocal", fill=args.fill)
   engine = engine_lib.Engine(model, params, args.batch)
   ceiling = matmul_ceiling()
   print(f"device {jax.devices()[0].device_kind} x{jax.device_count()}; matmul ceiling {ceiling / 1e9:.1f} GFLOP/s; "
         f"model {'full' if args.full else 'runlocal'}, fill {args.fill}, batch {engine.batch}")
   print("| cube | dates | pixel-dates | naive px-d/s | fast px-d/s | speed-up | fast without crop sharing "
-        "px-d/s | naive GFLOP/s (% ceil) | fast GFLOP/s (% ceil) | max |diff| | peak RSS GB |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "px-d/s | naive GFLOP/s (% ceil) | fast GFLOP/s (% ceil) | max |diff| | peak RSS GB |"
+        + (f" {args.baseline} fast px-d/s | fast / {args.baseline} fast |" if old_tree else ""))
+  print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if old_tree else ""))
   runs = [(spec, False) for spec in args.sizes.split(",")]
   runs += [(spec, True) for spec in args.clear_sky.split(",") if spec]
   for spec, clear_sky in runs:
     spec, _, dates = spec.partition(":")
     size, days = (int(v) for v in spec.split("x"))
+    old = (baseline_fast(old_tree, args.full, args.fill, args.batch, size, days, clear_sky, dates or "clear")
+           if old_tree else None)
     r = bench_cube(engine, size, days, clear_sky=clear_sky, dates=dates or "clear")
     n, f = r["naive"], r["fast"]
+    tail = f" {old['px_dates_s']:.0f} | {f['px_dates_s'] / old['px_dates_s']:.2f}x |" if old else ""
     print(f"| {r['cube']} | {r['dates']} | {r['pixel_dates']} | {n['px_dates_s']:.0f} | {f['px_dates_s']:.0f} | "
           f"{r['speedup']:.1f}x | {r['unshared_px_dates_s']:.0f} | "
           f"{n['flop_s'] / 1e9:.1f} ({100 * n['flop_s'] / ceiling:.0f}%) | "
           f"{f['flop_s'] / 1e9:.1f} ({100 * f['flop_s'] / ceiling:.0f}%) | "
           f"{max(r['max_abs_diff'], r['max_abs_diff_unshared']):.1e} | "
-          f"{peak_rss_gb():.2f} |", flush=True)
+          f"{peak_rss_gb():.2f} |" + tail, flush=True)
 
 
 if __name__ == "__main__":
