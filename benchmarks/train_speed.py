@@ -9,9 +9,14 @@ other jobs share the machine), samples/s, the FLOPs of one step from XLA's cost 
 FLOP/s against a large-matmul ceiling measured in the same run. With `--baseline REV` the same measurement
 of commit REV (a git worktree) runs right before each one of the current tree, and the ratios are printed.
 
-Measured (2-core CPU shared with other jobs, 2026-12-02; baseline 4f1ebeb = the session's start, whose
-multi-scale blocks ran XLA's convolutions; the reference PyTorch code ran the full-size S2 step at batch 16
-at 4.67 samples/s on this kind of machine, issue 12): see the closing note and BUILD.md for the table.
+Measured (2-core CPU, 2026-12-02, `--baseline 4f1ebeb --repeats 2`; 4f1ebeb = the multi-scale blocks on
+XLA's convolutions; matmul ceiling 343 GFLOP/s; the reference PyTorch code ran the full-size S2 step at
+batch 16 at 4.67 samples/s on this kind of machine, issue 12):
+| sensor | batch | s/step | samples/s | GFLOP/step | 4f1ebeb s/step | speed-up (wall) | speed-up (CPU) |
+| s2     | 16    | 2.14   | 7.49      | 123        | 3.92           | 1.84x           | 2.07x          |
+| s2     | 256   | 51.1   | 5.01      | 1873       | 120.9          | 2.37x           | 2.51x          |
+| s1     | 16    | 1.80   | 8.87      | 120        | 3.78           | 2.09x           | 2.23x          |
+| s1     | 256   | 46.1   | 5.56      | 1829       | 136.9          | 2.97x           | 3.12x          |
 """
 from __future__ import annotations
 
