@@ -32,7 +32,7 @@ from earthrep.io import atomic, feature_cube, provenance
 from earthrep.schema import CENTRE_PX, SiteCube
 
 KINDS = ("fused", "s2", "s1")
-TILE = 32
+TILE = feature_cubes.DEFAULT_TILE   # chunking of the cached crops, as earthrep.embed writes them
 
 
 class CacheError(EarthrepError):
