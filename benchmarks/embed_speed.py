@@ -1,7 +1,7 @@
 """Feature-cube speed: naive (full forward per window) vs fast (shared conv features, no decoders).
 
   python -m benchmarks.embed_speed [--full] [--sizes 30x240,46x240,46x365,22x240:daily]
-      [--clear-sky 30x240] [--fill frame|window] [--batch 64] [--baseline REV]
+      [--clear-sky 30x240] [--fill frame|window] [--batch 64] [--baseline REV[,REV]]
 
 Runs both paths side by side on the same demo cubes (`data_prep.demo_world.make_site_cube`, size x days,
 embedded as one tile of (size - 14)^2 output pixels: 46 px gives the default 32x32 tile of
@@ -62,8 +62,8 @@ def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, float]:
     shape = jax.eval_shape(engine.conv_fns[s], engine.params, crops).shape
     feats[s], gaps[s] = z(b, 11, *shape[1:]), z(b, 10, dt=np.int32)
     images, valid = z(1, *grid_hw, ae.channels), np.ones((1, *grid_hw), bool)
-    out[f"map_{s}"] = compiled_flops(engine.map_fns[s], engine.params, images, valid)
-    maps = jax.device_get(engine.map_fns[s](engine.params, images, valid))
+    out[f"map_{s}"] = compiled_flops(engine.map_fns[s], engine.prepared[s], images, valid)
+    maps = jax.device_get(engine.map_fns[s](engine.prepared[s], images, valid))
     where = (z(cb, dt=np.int32),) * 3
     if engine.host_gather:
       g = crop_share.gather(maps, *where, np)
@@ -71,8 +71,8 @@ def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, float]:
     else:
       args = {"maps": maps, **dict(zip(("slot", "y0", "x0"), where))}
     for holes in (False, True):
-      out[f"crop_{s}{'_holes' * holes}"] = compiled_flops(engine.crop_fns[s, holes], engine.params,
-                                                          z(cb, ae.channels), **args)
+      out[f"crop_{s}{'_holes' * holes}"] = compiled_flops(engine.crop_fns[s, holes], engine.params, fill=
+                                                          z(cb, ae.channels), prep=engine.prepared[s], **args)
   out["tail"] = compiled_flops(engine.tail_fn, engine.params, feats, gaps, offsets)
   return out
 
@@ -163,9 +163,10 @@ def main(argv=None) -> None:
                       help="the model's input fill (window = the reference's; see inference.engine)")
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--baseline", default=None,
-                      help="a commit whose fast path is timed beside the current tree's (git worktree)")
+                      help="commits (REV[,REV...]) whose fast path is timed beside the current tree's (git worktrees)")
   args = parser.parse_args(argv)
-  old_tree = baseline.checkout(args.baseline) if args.baseline else None
+  revs = args.baseline.split(",") if args.baseline else []
+  old_trees = [baseline.checkout(rev) for rev in revs]
   model, params = torch_import.random_fusion("" if args.full else "runlocal", fill=args.fill)
   engine = engine_lib.Engine(model, params, args.batch)
   ceiling = matmul_ceiling()
@@ -173,18 +174,18 @@ def main(argv=None) -> None:
         f"model {'full' if args.full else 'runlocal'}, fill {args.fill}, batch {engine.batch}")
   print("| cube | dates | pixel-dates | naive px-d/s | fast px-d/s | speed-up | fast without crop sharing "
         "px-d/s | naive GFLOP/s (% ceil) | fast GFLOP/s (% ceil) | max |diff| | peak RSS GB |"
-        + (f" {args.baseline} fast px-d/s | fast / {args.baseline} fast |" if old_tree else ""))
-  print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if old_tree else ""))
+        + "".join(f" {rev} fast px-d/s | fast / {rev} fast |" for rev in revs))
+  print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(revs))
   runs = [(spec, False) for spec in args.sizes.split(",")]
   runs += [(spec, True) for spec in args.clear_sky.split(",") if spec]
   for spec, clear_sky in runs:
     spec, _, dates = spec.partition(":")
     size, days = (int(v) for v in spec.split("x"))
-    old = (baseline_fast(old_tree, args.full, args.fill, args.batch, size, days, clear_sky, dates or "clear")
-           if old_tree else None)
+    olds = [baseline_fast(tree, args.full, args.fill, args.batch, size, days, clear_sky, dates or "clear")
+            for tree in old_trees]
     r = bench_cube(engine, size, days, clear_sky=clear_sky, dates=dates or "clear")
     n, f = r["naive"], r["fast"]
-    tail = f" {old['px_dates_s']:.0f} | {f['px_dates_s'] / old['px_dates_s']:.2f}x |" if old else ""
+    tail = "".join(f" {old['px_dates_s']:.0f} | {f['px_dates_s'] / old['px_dates_s']:.2f}x |" for old in olds)
     print(f"| {r['cube']} | {r['dates']} | {r['pixel_dates']} | {n['px_dates_s']:.0f} | {f['px_dates_s']:.0f} | "
           f"{r['speedup']:.1f}x | {r['unshared_px_dates_s']:.0f} | "
           f"{n['flop_s'] / 1e9:.1f} ({100 * n['flop_s'] / ceiling:.0f}%) | "

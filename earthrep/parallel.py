@@ -51,6 +51,16 @@ def host_batch_to_global(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Arr
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def host_empty(shape: tuple[int, ...], dtype: Any = np.float32, align: int = 64) -> np.ndarray:
+  """An uninitialised numpy array whose data is `align`-byte aligned: a CPU device takes such an array
+  without copying it (`host_batch_to_global`; numpy's own allocations are 16-byte aligned and are copied)."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(nbytes + align, np.uint8)
+  start = -raw.ctypes.data % align
+  return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 

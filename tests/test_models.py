@@ -219,15 +219,25 @@ def test_crop_share_matches_the_encoder_on_every_crop():
   assert 0 < holes.sum() < len(holes)
   fill = np.nanmean(crops.astype(np.float64), axis=(1, 2)).astype(np.float32)   # each crop's own mean
   want = model.apply({"params": params}, filled, method=lambda m, x: m.conv_encoder(x, train=False))
-  maps = crop_share.block1_maps(params["conv_encoder"], np.nan_to_num(images), valid)
+  prep = crop_share.prepare(params["conv_encoder"])
+  maps = crop_share.block1_maps(prep, np.nan_to_num(images), valid)
   assert maps["t"][1].shape == (2, 7, 7, 17, 19, TINY["widths"][0])
   crops = crop_share.gather(maps, slot, y0, x0, jnp)   # in-jit gather (accelerators) == the host's numpy one
   host = crop_share.gather(jax.device_get(maps), slot, y0, x0, np)
-  for a, b in zip(jax.tree.leaves(crops), jax.tree.leaves(host)):
+  per_image = [jax.tree.map(lambda a, i=i: np.asarray(a[i:i + 1]), maps) for i in range(2)]
+  by_image = crop_share.gather_host(per_image, slot, y0, x0)   # the engine's: per-image host maps
+  for a, b, c in zip(jax.tree.leaves(crops), jax.tree.leaves(host), jax.tree.leaves(by_image)):
     np.testing.assert_array_equal(a, b)
-  got = crop_share.encode(model, params, crops, fill)
+    np.testing.assert_array_equal(a, c)
+  from earthrep import parallel   # padded to whole batches, in buffers a CPU device takes without a copy
+  padded = crop_share.gather_host(per_image, slot, y0, x0, rows=len(slot) + 3, empty=parallel.host_empty)
+  for a, c in zip(jax.tree.leaves(padded), jax.tree.leaves(by_image)):
+    assert a.ctypes.data % 64 == 0 and len(a) == len(slot) + 3 and not a[len(slot):].any()
+    np.testing.assert_array_equal(a[:len(slot)], c)
+  assert jax.device_put(padded["a0"]).unsafe_buffer_pointer() == padded["a0"].ctypes.data
+  got = crop_share.encode(model, params, prep, crops, fill)
   np.testing.assert_allclose(got, want, atol=2e-6)
-  clean = crop_share.encode(model, params, jax.tree.map(lambda a: a[~holes], host))
+  clean = crop_share.encode(model, params, prep, jax.tree.map(lambda a: a[~holes], host))
   np.testing.assert_allclose(clean, want[~holes], atol=2e-6)
   assert list(crop_share.edge_class(3)) == [0, 1, 2] + [3] * 9 + [4, 5, 6]
   assert crop_share.tap_ranges(3, 1) == [(1, 3), (0, 3), (0, 2)]

@@ -22,6 +22,11 @@ every crop whose pixels are each valid in all bands or in none; the others (mixe
 with too few crops to pay for the maps (`Engine.share_px_per_crop`) use the plain encoder. On a CPU the
 maps go to the host and numpy gathers the crops (XLA's CPU gather is much slower); elsewhere the gather
 runs inside the jitted function.
+(e) The shared crops run as a pipeline: the maps of the next group of dates are queued before the host
+gathers this group's crops, and each call's crops are gathered while the previous call runs; on a CPU
+they are gathered into 64-byte-aligned buffers, which the device takes without a copy
+(`parallel.host_empty`), and each call encodes up to `CROP_BATCHES_PER_CALL` batches of `conv_batch`
+crops in a loop inside the compiled function (`_batched`).
 Both return the engine's `embedding` (n_windows, ty, tx, width) for the output pixels of a tile, NaN where the
 pixel-window is invalid: "fused" = the fused embedding zf (the model's bottleneck width), or a sensor name =
 that sensor's own stage-1 autoencoder code z (the single-sensor embeddings the evaluation compares with).
@@ -50,6 +55,8 @@ from earthrep.models.params import abstract_params
 from earthrep.schema import CENTRE_FRAME, CENTRE_PX, PATCH_FRAMES, PATCH_PX
 
 CUBE_SENSORS = ("s1", "s2")   # what a site cube provides (schema.SiteCube)
+CROP_BATCHES_PER_CALL = 4     # see Engine.crops_per_call
+GROUP_BATCHES = 32   # crop batches per group of dates in `_shared_features` (fewer padded batches)
 
 
 class ModelError(EarthrepError):
@@ -104,6 +111,15 @@ def cpu_conv_batch(model: FusionModel) -> int:
   return int(np.clip(1 << (max(int(fits), 1).bit_length() - 1), 16, 128))
 
 
+def default_share_px_per_crop(model: FusionModel) -> int:
+  """Grid pixels per crop above which a date's block-1 maps pay: the widest block-1 width. A date's maps
+  cost about as much as encoding (plainly, minus the shared remainder) one crop per this many pixels of
+  its grid; measured on a 2-core CPU (benchmarks/embed_speed.py): 18-33 at the runlocal widths (32) and
+  ~170 at the reference's (149), where the maps cost 44 us per pixel and a crop 7.9 ms plain, 0.53 ms
+  shared."""
+  return max(16, max(ae.widths[0] for ae in model.autoencoders))
+
+
 def offsets_for(model: FusionModel, delta_n: np.ndarray) -> np.ndarray:
   """(n, K) fusion pair-position rows of windows with these delta_days (`sensors.fusion_offsets`)."""
   return sensors.fusion_offsets(model.sensors, {"delta_days": delta_n}, len(delta_n))
@@ -118,9 +134,9 @@ class Engine:
   mesh: Any = None
   conv_batch: int = 0   # crops per conv-encoder call; 0: by width on CPU (`cpu_conv_batch`), 4 x batch elsewhere
   # Clean crops of a date share conv0 and block 1 (`models.crop_share`) when the date has at least one
-  # crop per `share_px_per_crop` pixels of the local grid (the maps cost about as much as encoding one
-  # crop per ~25 pixels on a CPU at the runlocal widths); 0 disables the sharing.
-  share_px_per_crop: int = 16
+  # crop per `share_px_per_crop` pixels of the local grid; 0 disables the sharing; None: the widest
+  # block-1 width (`default_share_px_per_crop`).
+  share_px_per_crop: int | None = None
   embedding: str = "fused"   # what the tile functions return: "fused" (zf) or a fused sensor's code z
   # Where crop sharing gathers each crop's values from the date maps: "host" (numpy; XLA's CPU gather is
   # ~30x slower), "device" (inside the jitted function, for accelerators), "auto" = host on CPU.
@@ -139,19 +155,27 @@ class Engine:
       cpu = self.mesh.devices.flat[0].platform == "cpu"
       self.conv_batch = cpu_conv_batch(self.model) * n_dev if cpu else self.batch * 4
     self.conv_batch = max(n_dev, self.conv_batch - self.conv_batch % n_dev)
+    if self.share_px_per_crop is None:
+      self.share_px_per_crop = default_share_px_per_crop(self.model)
     self.params = parallel.replicate(self.params, self.mesh)
     model = self.model
     self.full_fn = jax.jit(lambda p, inputs, offsets: _full(model, p, inputs, offsets))
     self.conv_fns = {s: jax.jit(lambda p, crops, s=s: _conv(model, s, p, crops)) for s in model.sensors}
     self.tail_fn = jax.jit(functools.partial(_tail, model, self.embedding))
-    self.map_fns = {s: jax.jit(lambda p, images, valid, s=s: crop_share.block1_maps(
-        p[f"ae_{s}"]["conv_encoder"], images, valid)) for s in model.sensors}
+    # crop_share reads the encoders' first layers in its own layouts, laid out once here
+    self.prepared = {s: jax.jit(crop_share.prepare)(self.params[f"ae_{s}"]["conv_encoder"]) for s in model.sensors}
+    self.map_fns = {s: jax.jit(crop_share.block1_maps) for s in model.sensors}
     # crop_share: on CPU the maps come to the host and numpy gathers the crops (XLA's CPU gather is slow)
     if self.gather not in ("auto", "host", "device"):
       raise ModelError(f"gather {self.gather!r}: expected 'auto', 'host' or 'device'")
     self.host_gather = (self.mesh.devices.flat[0].platform == "cpu" if self.gather == "auto"
                         else self.gather == "host")
-    self.crop_fns = {(s, holes): jax.jit(functools.partial(_crop_encode, ae, s, holes, self.host_gather))
+    # Crop-sharing encodes run `crops_per_call` crops per call, as a loop over batches of `conv_batch`
+    # inside the compiled function (fewer dispatches and transfers, cache-sized batches); one device only
+    # (the loop would split a sharded batch axis).
+    self.crops_per_call = self.conv_batch * (CROP_BATCHES_PER_CALL if n_dev == 1 else 1)
+    self.crop_fns = {(s, holes): jax.jit(functools.partial(
+        _batched, functools.partial(_crop_encode, ae, s, holes, self.host_gather), self.conv_batch))
                      for s, ae in zip(model.sensors, model.autoencoders) for holes in (False, True)}
     self._empty_features: dict[str, np.ndarray] = {}
 
@@ -177,16 +201,29 @@ class Engine:
   def run(self, fn: Callable, name: str, batch: int, arrays: dict[str, np.ndarray], **fixed) -> Any:
     """fn(params, **fixed, **arrays) over the arrays' leading axis in fixed batches (last one padded),
     concatenated."""
+    return self.collect(self.dispatch(fn, name, batch, arrays, **fixed))
+
+  def dispatch(self, fn: Callable, name: str, batch: int, arrays: dict[str, np.ndarray], per_call: int = 0,
+               **fixed) -> list:
+    """`run` without waiting: the batches are queued on the devices; `collect` fetches them, so the host
+    can prepare the next arrays meanwhile. With `per_call`, fn takes up to that many rows per call, padded
+    to a multiple of `batch` (`_batched`); `calls` counts batches either way."""
     n = len(next(iter(arrays.values())))
     outs = []
-    for start in range(0, n, batch):
-      chunk = {k: v[start:start + batch] for k, v in arrays.items()}
+    for start in range(0, n, per_call or batch):
+      chunk = {k: v[start:start + (per_call or batch)] for k, v in arrays.items()}
       m = len(next(iter(chunk.values())))
-      if m < batch:
-        chunk = {k: np.concatenate([v, np.repeat(v[:1], batch - m, axis=0)]) for k, v in chunk.items()}
+      size = -(-m // batch) * batch
+      if m < size:
+        chunk = {k: np.concatenate([v, np.repeat(v[:1], size - m, axis=0)]) for k, v in chunk.items()}
       out = fn(self.params, **fixed, **parallel.host_batch_to_global(chunk, self.mesh))
-      self.calls[name] = self.calls.get(name, 0) + 1
-      outs.append((out, m))   # not fetched yet: the host prepares the next batch while this one runs
+      self.calls[name] = self.calls.get(name, 0) + size // batch
+      outs.append((out, m))
+    return outs
+
+  @staticmethod
+  def collect(outs: list) -> Any:
+    """The concatenated results of `dispatch`."""
     return jax.tree.map(lambda *xs: np.concatenate(xs), *[jax.tree.map(lambda a, m=m: np.asarray(a)[:m], out)
                                                            for out, m in outs])
 
@@ -202,13 +239,25 @@ def _conv(model, sensor, p, crops):
   return ae.apply({"params": p[f"ae_{sensor}"]}, crops, method=lambda m, x: m.conv_encoder(x, train=False))
 
 
-def _crop_encode(ae, sensor, holes, host_gather, p, fill, maps=None, slot=None, y0=None, x0=None, **gathered):
+def _batched(fn: Callable, batch: int, p: Any, prep: Any, maps: Any = None, **arrays) -> Any:
+  """fn(p, prep=prep, maps=maps, **arrays) over arrays of a multiple of `batch` rows, one batch at a time
+  (`lax.map`)."""
+  m = len(next(iter(arrays.values()))) // batch
+  call = lambda a: fn(p, prep=prep, maps=maps, **a)
+  if m == 1:
+    return call(arrays)
+  out = jax.lax.map(call, {k: v.reshape((m, batch) + v.shape[1:]) for k, v in arrays.items()})
+  return out.reshape((m * batch,) + out.shape[2:])
+
+
+def _crop_encode(ae, sensor, holes, host_gather, p, fill, prep, maps=None, slot=None, y0=None, x0=None,
+                 **gathered):
   if host_gather:   # crops gathered on the host: a0, valid, t0, t1, ...
     crops = {"a0": gathered["a0"], "valid": gathered["valid"],
              "t": [gathered[f"t{i}"] for i in range(len(gathered) - 2)]}
   else:
     crops = crop_share.gather(maps, slot, y0, x0, jnp)
-  return crop_share.encode(ae, p[f"ae_{sensor}"], crops, fill if holes else None)
+  return crop_share.encode(ae, p[f"ae_{sensor}"], prep, crops, fill if holes else None)
 
 
 def _tail(model, embedding, p, feats, gaps, offsets):
@@ -324,36 +373,55 @@ def _shared_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.n
   crop's features from its gathered maps (plus its hole term), in batches spanning a group of dates."""
   date_k, pix_k = keys // n_pix, keys % n_pix
   dates, first = np.unique(date_k, return_index=True)
-  # dates per group: enough crops for ~4 full batches, maps within ~256 MB
+  # dates per group: enough crops for GROUP_BATCHES batches (a group's last call is padded to whole
+  # batches), maps within ~128 MB (two groups' maps are alive at once)
   enc = engine.params[f"ae_{sensor}"]["conv_encoder"]
-  max_dates = max(1, (256 << 20) // crop_share.map_bytes(enc, *series.shape[1:3]))
-  group = int(np.clip(-(-4 * engine.conv_batch // n_pix), 1, max_dates))
+  max_dates = max(1, (128 << 20) // crop_share.map_bytes(enc, *series.shape[1:3]))
+  group = int(np.clip(-(-GROUP_BATCHES * engine.conv_batch // n_pix), 1, max_dates))
   out = np.empty((len(keys),) + engine.empty_feature(sensor).shape, np.float32)
+
+  def queue_maps(ds):   # the block-1 maps of a group of dates, dispatched (not waited for)
+    engine.calls[f"map_{sensor}"] = engine.calls.get(f"map_{sensor}", 0) + len(ds)
+    return [engine.map_fns[sensor](engine.prepared[sensor],
+                                   np.nan_to_num(series[d], nan=0.0, posinf=0.0, neginf=0.0)[None],
+                                   ~np.isnan(series[d]).any(axis=-1)[None]) for d in ds]
+
+  # A pipeline: while the devices run one group's maps or batches, the host prepares the next ones.
+  pending = None   # the last batches dispatched and not yet collected
+  queued = queue_maps(dates[:group])
   for start in range(0, len(dates), group):
     ds = dates[start:start + group]
-    maps = [engine.map_fns[sensor](engine.params, np.nan_to_num(series[d], nan=0.0, posinf=0.0, neginf=0.0)[None],
-                                   ~np.isnan(series[d]).any(axis=-1)[None]) for d in ds]
-    engine.calls[f"map_{sensor}"] = engine.calls.get(f"map_{sensor}", 0) + len(maps)
-    if engine.host_gather:   # numpy gathers from the host maps: any number of dates
-      maps = jax.tree.map(lambda *m: np.concatenate(m), *jax.device_get(maps))
+    maps = queued
+    if start + group < len(dates):
+      queued = queue_maps(dates[start + group:start + 2 * group])
+    if engine.host_gather:   # numpy gathers from the host maps, date by date: any number of dates
+      maps = jax.device_get(maps)
     else:                    # the maps enter the jitted gather: a short last group is padded (one shape)
       maps += [jax.tree.map(jnp.zeros_like, maps[0])] * (group - len(maps))
       maps = jax.tree.map(lambda *m: jnp.concatenate(m), *maps)
     stop = first[start + group] if start + group < len(dates) else len(keys)
     for holes in (False, True):
       sel = first[start] + np.nonzero(holes_k[first[start]:stop] == holes)[0]
-      for idx in (sel[i:i + 4 * engine.conv_batch] for i in range(0, len(sel), 4 * engine.conv_batch)):
+      for idx in (sel[i:i + engine.crops_per_call] for i in range(0, len(sel), engine.crops_per_call)):
         where = (np.searchsorted(ds, date_k[idx]).astype(np.int32), (rows[pix_k[idx]] - CENTRE_PX).astype(np.int32),
                  (cols[pix_k[idx]] - CENTRE_PX).astype(np.int32))
-        if engine.host_gather:
-          crops = crop_share.gather(maps, *where, np)
+        if engine.host_gather:   # (while the previous batches run) into whole batches the device can alias
+          size = -(-len(idx) // engine.conv_batch) * engine.conv_batch
+          crops = crop_share.gather_host(maps, *where, rows=size, empty=parallel.host_empty)
           arrays, fixed = {"a0": crops["a0"], "valid": crops["valid"],
                            **{f"t{i}": t for i, t in enumerate(crops["t"])}}, {}
+          arrays["fill"] = np.concatenate([fill_kc[idx], np.zeros((size - len(idx), fill_kc.shape[1]), np.float32)])
         else:
           arrays, fixed = dict(zip(("slot", "y0", "x0"), where)), {"maps": maps}
-        arrays["fill"] = fill_kc[idx]
-        out[idx] = engine.run(engine.crop_fns[sensor, holes], f"crop_{sensor}{'_holes' * holes}",
-                              engine.conv_batch, arrays, **fixed)
+          arrays["fill"] = fill_kc[idx]
+        fixed["prep"] = engine.prepared[sensor]
+        batches = engine.dispatch(engine.crop_fns[sensor, holes], f"crop_{sensor}{'_holes' * holes}",
+                                  engine.conv_batch, arrays, per_call=engine.crops_per_call, **fixed)
+        if pending is not None:
+          out[pending[0]] = engine.collect(pending[1])[:len(pending[0])]
+        pending = (idx, batches)
+  if pending is not None:
+    out[pending[0]] = engine.collect(pending[1])[:len(pending[0])]
   return out
 
 

@@ -13,9 +13,10 @@ convs, so the crops can share that work:
   the holes zeroed, and `encode` adds each crop's own term: the sum over the taps that fall on holes of
   kernel x silu(conv0(v)), a conv of the crop's 15x15 hole mask with a per-crop kernel (1/width of the
   work of the conv it replaces).
-`gather` takes entry [slot, class(p_y), class(p_x), corner + p] for every crop position; `encode` adds the
-hole term, applies block 1's 1x1 fusion and runs the rest of the encoder through the model's own
-`ConvEncoder.from_block1`. Per crop this saves conv0 and both block-1 convs (~90 % of the encoder's FLOPs
+`gather` takes entry [slot, class(p_y), class(p_x), corner + p] for every crop position (`gather_host`:
+the same in numpy from per-image host maps); `encode` adds the hole term, applies block 1's 1x1 fusion
+and runs the rest of the encoder through the model's own `ConvEncoder.from_block1`. Both read the
+encoder's first layers through `prepare` (the kernels in the layouts their matmuls take, laid out once). Per crop this saves conv0 and both block-1 convs (~90 % of the encoder's FLOPs
 at any width).
 
 Requires every pixel of a crop to be finite in all channels or NaN in all (the embedders send other crops
@@ -26,6 +27,9 @@ checkpoints also fix; `tests/test_models.py` checks it against `ConvEncoder` on 
 Dimension letters: D images, H/W image rows/columns, C input channels, O width, E edge classes, n crops.
 """
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,18 +71,38 @@ def _range_sums(slices: list, ranges: list[tuple[int, int]]) -> list:
   return [prefix[hi - 1] if lo == 0 else suffix[lo] for lo, hi in ranges]
 
 
-def edge_conv(x_DHWC: jax.Array, k_KKCO: jax.Array) -> jax.Array:
+def prepare(enc: dict) -> dict:
+  """`ConvEncoder` params -> what `block1_maps` and `encode` read, in the layouts their matmuls take:
+  conv0, each block-1 branch's kernel as (C, k*k*O) (tap-major columns) and bias, and the fusion.
+  Computed once per model (`inference.engine.Engine`), so no call re-lays out the kernels."""
+  branches = []
+  for c in _block1_convs(enc):
+    k, _, cin, cout = c["kernel"].shape
+    branches.append({"taps": jnp.transpose(c["kernel"], (2, 0, 1, 3)).reshape(cin, k * k * cout),
+                     "bias": c["bias"]})
+  return {"conv0": enc["conv0"], "branches": branches, "fusion": enc["block1"]["fusion"]}
+
+
+def edge_conv(x_DHWC: jax.Array, taps_CT: jax.Array, k: int) -> jax.Array:
   """(D, E, E, H, W, O) with E = k (edge classes of this kernel's own radius): at every position, the
-  conv (no bias) restricted to the taps that each pair of edge classes keeps inside the crop."""
-  _, h, w, _ = x_DHWC.shape
-  k = k_KKCO.shape[0]
+  conv (no bias) restricted to the taps that each pair of edge classes keeps inside the crop. `taps_CT`
+  is the k x k kernel as (C, k*k*O) (`prepare`)."""
+  d, h, w, c = x_DHWC.shape
   r = k // 2
-  y = jnp.einsum("dhwc,abco->dabhwo", x_DHWC, k_KKCO)   # every tap's product at its input position
-  y = jnp.pad(y, ((0, 0), (0, 0), (0, 0), (r, r), (r, r), (0, 0)))
+  o = taps_CT.shape[1] // (k * k)
+  # every tap's product at its input position: one matmul, (D, H, W, a, b, O)
+  xp = jnp.pad(x_DHWC, ((0, 0), (r, r), (r, r), (0, 0)))
+  y = (xp.reshape(-1, c) @ taps_CT).reshape(d, h + 2 * r, w + 2 * r, k, k, o)
   ranges = tap_ranges(k, r)
   # output (i, j) takes tap (a, b) from padded input (i + a, j + b): sum the rows, then the columns
-  rows = jnp.stack(_range_sums([y[:, a, :, a:a + h] for a in range(k)], ranges), axis=1)   # (D, E, k, H, Wp, O)
-  return jnp.stack(_range_sums([rows[:, :, b, :, b:b + w] for b in range(k)], ranges), axis=2)
+  rows = _range_sums([y[:, a:a + h, :, a] for a in range(k)], ranges)   # E x (D, H, Wp, k, O)
+  return jnp.stack([jnp.stack(_range_sums([rows_e[:, :, b:b + w, b] for b in range(k)], ranges), axis=1)
+                    for rows_e in rows], axis=1)
+
+
+def kernel_size(branch: dict) -> int:
+  """k of a `prepare`d branch (its taps are (C, k*k*O))."""
+  return math.isqrt(branch["taps"].shape[1] // branch["bias"].shape[0])
 
 
 def _block1_convs(enc: dict) -> list[dict]:
@@ -89,17 +113,17 @@ def _block1_convs(enc: dict) -> list[dict]:
   return convs
 
 
-def block1_maps(enc: dict, x_DHWC: jax.Array, valid_DHW: jax.Array) -> dict:
-  """`ConvEncoder` params, images (finite where valid) and their valid mask -> {'a0': conv0 pre-activation
-  (D, H, W, O), 'valid': the mask, 't': per block-1 branch, the conv (no bias) of silu(a0) with holes
-  zeroed, per pair of edge classes (D, E, E, H, W, O)}."""
-  a0 = x_DHWC @ enc["conv0"]["kernel"] + enc["conv0"]["bias"]
+def block1_maps(prep: dict, x_DHWC: jax.Array, valid_DHW: jax.Array) -> dict:
+  """`prepare`d encoder params, images (finite where valid) and their valid mask -> {'a0': conv0
+  pre-activation (D, H, W, O), 'valid': the mask, 't': per block-1 branch, the conv (no bias) of silu(a0)
+  with holes zeroed, per pair of edge classes (D, E, E, H, W, O)}."""
+  a0 = x_DHWC @ prep["conv0"]["kernel"] + prep["conv0"]["bias"]
   x0 = jnp.where(valid_DHW[..., None], blocks.silu(a0), 0.0)
-  return {"a0": a0, "valid": valid_DHW, "t": [edge_conv(x0, c["kernel"]) for c in _block1_convs(enc)]}
+  return {"a0": a0, "valid": valid_DHW, "t": [edge_conv(x0, b["taps"], kernel_size(b)) for b in prep["branches"]]}
 
 
 def map_bytes(enc: dict, h: int, w: int) -> int:
-  """Bytes of `block1_maps` output for one h x w image."""
+  """Bytes of `block1_maps` output for one h x w image (`enc`: the encoder's params)."""
   taps = sum(c["kernel"].shape[0] ** 2 for c in _block1_convs(enc))
   return h * w * ((taps + 1) * enc["conv0"]["kernel"].shape[-1] + 1) * 4
 
@@ -124,26 +148,65 @@ def gather(maps: dict, slot_n, y0_n, x0_n, xp=jnp) -> dict:
   return out
 
 
-def encode(ae: TransformerAE, ae_params: dict, crops: dict, fill_nC: jax.Array | None = None) -> jax.Array:
-  """ConvEncoder features (n, 4, 4, token channels) of crops `gather`ed from the `block1_maps` output;
-  `fill_nC` is the value each crop's holes are filled with (None: the crops have no holes)."""
-  enc = ae_params["conv_encoder"]
+def gather_host(maps: list[dict], slot_n: np.ndarray, y0_n: np.ndarray, x0_n: np.ndarray, rows: int = 0,
+                empty: Callable = np.empty) -> dict:
+  """`gather` in numpy from per-image host maps (`maps[slot]` each holding one image), without first
+  concatenating them: each image's crops are a contiguous run of `slot_n` (which must be sorted) and are
+  taken straight into their rows of the output. `rows` (>= n) pads the output with zero rows;
+  `empty(shape, dtype)` allocates it (e.g. `parallel.host_empty`, which a CPU device takes without a copy)."""
+  if np.any(np.diff(slot_n) < 0):
+    raise ValueError("gather_host: slot_n must be sorted")
+  first = maps[0]
+  n = len(slot_n)
+  rows = max(rows, n)
+  out = {"a0": empty((rows, PATCH_PX, PATCH_PX) + first["a0"].shape[-1:], first["a0"].dtype),
+         "valid": empty((rows, PATCH_PX, PATCH_PX), bool),
+         "t": [empty((rows, PATCH_PX, PATCH_PX) + t.shape[-1:], t.dtype) for t in first["t"]]}
+  for a in jax.tree.leaves(out):
+    a[n:] = 0
+  bounds = np.searchsorted(slot_n, np.arange(len(maps) + 1))
+  span = np.arange(PATCH_PX)
+  for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+    if lo == hi:
+      continue
+    m = maps[s]
+    _, h, w = m["valid"].shape
+    py, px = (y0_n[lo:hi, None] + span)[:, :, None], (x0_n[lo:hi, None] + span)[:, None, :]
+    pix = py * w + px
+
+    def take(a, idx, into):   # rows of the flattened map: one gather of contiguous width-O rows
+      np.take(a.reshape(-1, a.shape[-1]), idx, axis=0, out=into, mode="clip")   # "raise" would buffer `out`
+
+    take(m["a0"], pix, out["a0"][lo:hi])
+    take(m["valid"][..., None], pix, out["valid"][lo:hi, ..., None])
+    for t, into in zip(m["t"], out["t"]):
+      e = t.shape[1]
+      cls = edge_class(e // 2)
+      take(t, ((cls[None, :, None] * e + cls[None, None, :]) * h + py) * w + px, into[lo:hi])
+  return out
+
+
+def encode(ae: TransformerAE, ae_params: dict, prep: dict, crops: dict, fill_nC: jax.Array | None = None
+           ) -> jax.Array:
+  """ConvEncoder features (n, 4, 4, token channels) of crops `gather`ed from the `block1_maps` output
+  (`prep`: the encoder's `prepare`d params); `fill_nC` is the value each crop's holes are filled with
+  (None: the crops have no holes)."""
   a0_n = crops["a0"]
   if fill_nC is not None:
     holes_n = ~crops["valid"]
-    v_nO = fill_nC @ enc["conv0"]["kernel"] + enc["conv0"]["bias"]
+    v_nO = fill_nC @ prep["conv0"]["kernel"] + prep["conv0"]["bias"]
     a0_n = jnp.where(holes_n[..., None], v_nO[:, None, None], a0_n)
   branches = []
-  for c, t_n in zip(_block1_convs(enc), crops["t"]):
-    k = c["kernel"].shape[0]
+  for b, t_n in zip(prep["branches"], crops["t"]):
+    k = kernel_size(b)
     r = k // 2
     if fill_nC is not None:   # + sum over the taps on holes of kernel . silu(conv0(fill))
-      kv_nTO = jnp.einsum("nc,abco->nabo", blocks.silu(v_nO), c["kernel"]).reshape(len(v_nO), k * k, -1)
+      kv_nTO = (blocks.silu(v_nO) @ b["taps"]).reshape(len(v_nO), k * k, -1)
       hp = jnp.pad(holes_n.astype(t_n.dtype), ((0, 0), (r, r), (r, r)))   # zeros beyond the crop
-      taps_nHWT = jnp.stack([hp[:, a:a + PATCH_PX, b:b + PATCH_PX] for a in range(k) for b in range(k)], -1)
+      taps_nHWT = jnp.stack([hp[:, a:a + PATCH_PX, c:c + PATCH_PX] for a in range(k) for c in range(k)], -1)
       t_n = t_n + jnp.einsum("nhwt,nto->nhwo", taps_nHWT, kv_nTO)
-    branches.append(blocks.leaky_relu(t_n + c["bias"], 0.1))
-  fusion = enc["block1"]["fusion"]
+    branches.append(blocks.leaky_relu(t_n + b["bias"], 0.1))
+  fusion = prep["fusion"]
   fused_n = blocks.fuse_branches(branches, fusion["kernel"], fusion["bias"])
   return ae.apply({"params": ae_params}, a0_n, fused_n,
                   method=lambda m, a0, fused: m.conv_encoder.from_block1(a0, fused, train=False))
