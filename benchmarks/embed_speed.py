@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -45,24 +46,30 @@ import numpy as np
 from earthrep.data import windows as W
 from earthrep.inference import engine as engine_lib
 from earthrep.interop import torch_import
+from benchmarks.common import time_call
 
-def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, float]:
+def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, tuple[float, Callable]]:
+  """Per compiled function of the engine: (XLA's FLOPs of one call, a thunk that makes that call)."""
   from benchmarks.common import compiled_flops
   from earthrep.models import crop_share
+
+  def counted(fn, *args, **kwargs):
+    return compiled_flops(fn, *args, **kwargs), lambda: jax.block_until_ready(fn(*args, **kwargs))
+
   model, b, cb = engine.model, engine.batch, engine.conv_batch
   z = lambda *s, dt=np.float32: np.zeros(s, dt)
   full_inputs = {s: (z(b, 11, 15, 15, ae.channels), z(b, 10, dt=np.int32))
                  for s, ae in zip(model.sensors, model.autoencoders)}
   offsets = z(b, len(model.sensors), dt=np.int32)
-  out = {"full": compiled_flops(engine.full_fn, engine.params, full_inputs, offsets)}
+  out = {"full": counted(engine.full_fn, engine.params, full_inputs, offsets)}
   feats, gaps = {}, {}
   for s, ae in zip(model.sensors, model.autoencoders):
     crops = z(cb, 15, 15, ae.channels)
-    out[f"conv_{s}"] = compiled_flops(engine.conv_fns[s], engine.params, crops)
+    out[f"conv_{s}"] = counted(engine.conv_fns[s], engine.params, crops)
     shape = jax.eval_shape(engine.conv_fns[s], engine.params, crops).shape
     feats[s], gaps[s] = z(b, 11, *shape[1:]), z(b, 10, dt=np.int32)
     images, valid = z(1, *grid_hw, ae.channels), np.ones((1, *grid_hw), bool)
-    out[f"map_{s}"] = compiled_flops(engine.map_fns[s], engine.prepared[s], images, valid)
+    out[f"map_{s}"] = counted(engine.map_fns[s], engine.prepared[s], images, valid)
     maps = jax.device_get(engine.map_fns[s](engine.prepared[s], images, valid))
     where = (z(cb, dt=np.int32),) * 3
     if engine.host_gather:
@@ -71,9 +78,9 @@ def _flops_per_call(engine, grid_hw: tuple[int, int]) -> dict[str, float]:
     else:
       args = {"maps": maps, **dict(zip(("slot", "y0", "x0"), where))}
     for holes in (False, True):
-      out[f"crop_{s}{'_holes' * holes}"] = compiled_flops(engine.crop_fns[s, holes], engine.params, fill=
-                                                          z(cb, ae.channels), prep=engine.prepared[s], **args)
-  out["tail"] = compiled_flops(engine.tail_fn, engine.params, feats, gaps, offsets)
+      out[f"crop_{s}{'_holes' * holes}"] = counted(engine.crop_fns[s, holes], engine.params, fill=z(cb, ae.channels),
+                                                   prep=engine.prepared[s], **args)
+  out["tail"] = counted(engine.tail_fn, engine.params, feats, gaps, offsets)
   return out
 
 
@@ -101,9 +108,18 @@ def bench_cube(engine, size: int, days: int, seed: int = 0, clear_sky: bool = Fa
     t0 = time.perf_counter()
     out = fn(engine, merged, win, t, t)
     seconds = time.perf_counter() - t0
-    counted = sum(flops[k] * v for k, v in engine.calls.items() if k in flops)
-    result[name] = {"s": seconds, "px_dates_s": n_valid / seconds, "flop_s": counted / seconds, "out": out}
+    counted = sum(flops[k][0] * v for k, v in engine.calls.items() if k in flops)
+    result[name] = {"s": seconds, "px_dates_s": n_valid / seconds, "flop_s": counted / seconds, "out": out,
+                    "calls": dict(engine.calls)}
   engine.share_px_per_crop = share
+  # every compiled function of the fast path, timed alone on its own shapes (best of 3 after a warm-up)
+  result["functions"] = {}
+  for name, calls in result["fast"].pop("calls").items():
+    if name in flops:
+      fl, call = flops[name]
+      ms = 1e3 * time_call(call, warmup=1, repeats=3)["min_s"]
+      result["functions"][name] = {"calls": calls, "gflop": fl / 1e9, "ms": ms, "flop_s": fl / ms * 1e3}
+  result["naive"].pop("calls")
   unshared = result.pop("fast_unshared")
   result["max_abs_diff_unshared"] = float(np.nanmax(np.abs(result["naive"]["out"] - unshared.pop("out"))))
   result["unshared_px_dates_s"] = unshared["px_dates_s"]
@@ -176,6 +192,7 @@ def main(argv=None) -> None:
         "px-d/s | naive GFLOP/s (% ceil) | fast GFLOP/s (% ceil) | max |diff| | peak RSS GB |"
         + "".join(f" {rev} fast px-d/s | fast / {rev} fast |" for rev in revs))
   print("|---|---|---|---|---|---|---|---|---|---|---|" + "---|---|" * len(revs))
+  functions = []
   runs = [(spec, False) for spec in args.sizes.split(",")]
   runs += [(spec, True) for spec in args.clear_sky.split(",") if spec]
   for spec, clear_sky in runs:
@@ -192,6 +209,13 @@ def main(argv=None) -> None:
           f"{f['flop_s'] / 1e9:.1f} ({100 * f['flop_s'] / ceiling:.0f}%) | "
           f"{max(r['max_abs_diff'], r['max_abs_diff_unshared']):.1e} | "
           f"{peak_rss_gb():.2f} |" + tail, flush=True)
+    functions.append((r["cube"], r["functions"]))
+  print("\nEvery compiled function of the fast path, timed alone on its own shapes (calls = batches in the tile):")
+  print("| cube | function | calls | GFLOP/call | ms/call | GFLOP/s | % ceiling |\n|---|---|---|---|---|---|---|")
+  for cube, fns in functions:
+    for name, f in sorted(fns.items(), key=lambda kv: -kv[1]["calls"] * kv[1]["ms"]):
+      print(f"| {cube} | {name} | {f['calls']} | {f['gflop']:.3f} | {f['ms']:.1f} | {f['flop_s'] / 1e9:.0f} | "
+            f"{100 * f['flop_s'] / ceiling:.0f}% |")
 
 
 if __name__ == "__main__":
