@@ -4,10 +4,11 @@ r"""Stage 1, Sentinel-1 context-aware autoencoder (VV/VH, bottleneck 2, 7 reduce
       --config.data_dir=demo/shards/s1
 
 Default: the reference's full-size model (3,712,061 params) and schedule for GPU/TPU; the released S1
-AE reached a validation centre MAE of 6.460e-4. `runlocal` (the S2 recipe, 1000 steps at batch 16,
-about 7 minutes on a 2-core CPU) brings the validation centre MAE on the seed-0 demo region from 0.54 at
-step 0 to 0.054 (best, step 300; it stays at 0.064-0.082 afterwards; test 0.075; the speckle's noise floor
-of the held-out cubes is 0.028): S1 gains nothing from more steps here. `test` is tiny.
+AE reached a validation centre MAE of 6.460e-4. `runlocal` (the S2 recipe, 400 steps at batch 16;
+4.5 minutes on a 2-core CPU shared with other work, where 1000 steps took 7 alone) brings the validation
+centre MAE on the seed-0 demo region from 0.54 at step 0 to 0.0465 at step 400 (the speckle's noise
+floor of the held-out cubes is 0.028); 1000 steps of the same recipe were best at step 300 (0.054) and
+stayed at 0.064-0.082 afterwards. `test` is tiny.
 """
 from earthrep.training import configs
 

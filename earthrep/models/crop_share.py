@@ -16,8 +16,8 @@ convs, so the crops can share that work:
 `gather` takes entry [slot, class(p_y), class(p_x), corner + p] for every crop position (`gather_host`:
 the same in numpy from per-image host maps); `encode` adds the hole term, applies block 1's 1x1 fusion
 and runs the rest of the encoder through the model's own `ConvEncoder.from_block1`. Both read the
-encoder's first layers through `prepare` (the kernels in the layouts their matmuls take, laid out once). Per crop this saves conv0 and both block-1 convs (~90 % of the encoder's FLOPs
-at any width).
+encoder's first layers through `prepare` (the kernels in the layouts their matmuls take, laid out once).
+Per crop this saves conv0 and both block-1 convs (~90 % of the encoder's FLOPs at any width).
 
 Requires every pixel of a crop to be finite in all channels or NaN in all (the embedders send other crops
 through the plain encoder). Only the summation order differs from `ConvEncoder` (float32 rounding). It reads

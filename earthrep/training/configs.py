@@ -85,7 +85,11 @@ def stage1_config(sensor: str, arg: str | None) -> ml_collections.ConfigDict:
     # its 45-minute budget allows: 2500 steps reach 0.0116 (0.0166 at 900 with the same schedule). A
     # 10x weight on the centre term reached 0.0180 at 900 steps and a LESS pixel-specific code
     # (benchmarks/embedding_locality.py); the centre weight stays 1. S1 stops improving after ~300 steps
-    # (1000 steps: best validation 0.054 at step 300, 0.066 at 1000), so it trains 400.
+    # (1000 steps: best validation 0.054 at step 300, 0.066 at 1000), so it trains 400 (0.0465).
+    # NOT REPRODUCED: two later runs of this S2 recipe on the same seed and shards (2026-12-02 afternoon,
+    # another machine) left the 0.0116 run at step 100 and stalled at 0.035-0.045 with lr ~2e-3: best
+    # 0.0256 where the plateau rule cut the lr to 0.35x at step 700, 0.0329 with the rule off. Runs are
+    # deterministic on one machine; lr 2e-3 at batch 16 is on the edge of stability for this model.
     c.model.update(enc_dropout=0.0, dec_dropout=0.0, transformer_dropout=0.0)
     c.batch_size = 16
     c.total_steps = 2500 if sensor == "s2" else 400
