@@ -26,7 +26,9 @@ mostly memory-bound (the per-crop attention blocks, gathers, hole terms).
 Full size (`--full --sizes 30x240 --clear-sky "" --baseline 4f1ebeb`, 2026-12-02, FFT kernels): naive 18,
 fast 193 pixel-dates/s (10.8x; 4f1ebeb's fast path 172), 21 % / 20 % of a 343 GFLOP/s ceiling. With the
 pipelined crop sharing (`--baseline 4f1ebeb,5376819`, same day, a slower machine: ceiling 265 GFLOP/s):
-naive 14, fast 246 (18x; 34 % of the ceiling), 4f1ebeb 141 (1.75x), 5376819 184 (1.34x).
+naive 14, fast 246 (18x; 34 % of the ceiling), 4f1ebeb 141 (1.75x), 5376819 184 (1.34x); an hour later
+(`--baseline 5376819`, ceiling 304): naive 17, fast 272 (16.5x), 5376819 197 (1.38x). Timed alone, the
+crop encodes run at 27-31 % of the ceiling, the block-1 maps at 26-27 %, the tail at 42 %.
 Where the gain comes from (clear dates): the fast path runs no decoders and computes each (pixel, date)
 crop's conv feature once for all the windows that hold it (a pixel clear on a fraction c of the D merged
 S2 dates has c*D windows but needs ~2*D crops, since every date is context of some window: that alone
