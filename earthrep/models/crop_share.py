@@ -128,24 +128,29 @@ def map_bytes(enc: dict, h: int, w: int) -> int:
   return h * w * ((taps + 1) * enc["conv0"]["kernel"].shape[-1] + 1) * 4
 
 
+def _map_rows(slot_n, y0_n, x0_n, h: int, w: int, classes: int = 0):
+  """(n, 15, 15) rows of a flattened map, (D, H, W) or with `classes` E (D, E, E, H, W), that hold each
+  crop's positions: image `slot`, top-left corner (y0, x0) and, with classes, the positions' edge classes."""
+  span = np.arange(PATCH_PX)
+  s, py, px = slot_n[:, None, None], (y0_n[:, None] + span)[:, :, None], (x0_n[:, None] + span)[:, None, :]
+  if not classes:
+    return (s * h + py) * w + px
+  cls = edge_class(classes // 2)
+  return (((s * classes + cls[None, :, None]) * classes + cls[None, None, :]) * h + py) * w + px
+
+
 def gather(maps: dict, slot_n, y0_n, x0_n, xp=jnp) -> dict:
   """Each crop's entries of the maps (image `slot`, top-left corner (y0, x0)): {'a0': (n, 15, 15, O),
   'valid': (n, 15, 15), 't': per branch (n, 15, 15, O) at the crop's edge classes}. `xp` is jnp (inside
   jit, on accelerators) or np (host maps: XLA's CPU gather is ~30x slower than numpy's take here)."""
-  span = np.arange(PATCH_PX)
-  s, py, px = slot_n[:, None, None], (y0_n[:, None] + span)[:, :, None], (x0_n[:, None] + span)[:, None, :]
-  d, h, w = maps["valid"].shape
+  _, h, w = maps["valid"].shape
 
   def take(a, idx):   # rows of the flattened map: one gather of contiguous width-O rows
     return xp.take(a.reshape(-1, a.shape[-1]), idx, axis=0)
 
-  pix = (s * h + py) * w + px
-  out = {"a0": take(maps["a0"], pix), "valid": take(maps["valid"][..., None], pix)[..., 0], "t": []}
-  for t in maps["t"]:
-    e = t.shape[1]
-    cls = edge_class(e // 2)
-    out["t"].append(take(t, (((s * e + cls[None, :, None]) * e + cls[None, None, :]) * h + py) * w + px))
-  return out
+  pix = _map_rows(slot_n, y0_n, x0_n, h, w)
+  return {"a0": take(maps["a0"], pix), "valid": take(maps["valid"][..., None], pix)[..., 0],
+          "t": [take(t, _map_rows(slot_n, y0_n, x0_n, h, w, t.shape[1])) for t in maps["t"]]}
 
 
 def gather_host(maps: list[dict], slot_n: np.ndarray, y0_n: np.ndarray, x0_n: np.ndarray, rows: int = 0,
@@ -164,25 +169,22 @@ def gather_host(maps: list[dict], slot_n: np.ndarray, y0_n: np.ndarray, x0_n: np
          "t": [empty((rows, PATCH_PX, PATCH_PX) + t.shape[-1:], t.dtype) for t in first["t"]]}
   for a in jax.tree.leaves(out):
     a[n:] = 0
+
+  def take(a, idx, into):   # as in `gather`, written straight into `into` ("raise" mode would buffer it)
+    np.take(a.reshape(-1, a.shape[-1]), idx, axis=0, out=into, mode="clip")
+
   bounds = np.searchsorted(slot_n, np.arange(len(maps) + 1))
-  span = np.arange(PATCH_PX)
   for s, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
     if lo == hi:
       continue
     m = maps[s]
     _, h, w = m["valid"].shape
-    py, px = (y0_n[lo:hi, None] + span)[:, :, None], (x0_n[lo:hi, None] + span)[:, None, :]
-    pix = py * w + px
-
-    def take(a, idx, into):   # rows of the flattened map: one gather of contiguous width-O rows
-      np.take(a.reshape(-1, a.shape[-1]), idx, axis=0, out=into, mode="clip")   # "raise" would buffer `out`
-
+    where = (np.zeros(hi - lo, np.int64), y0_n[lo:hi], x0_n[lo:hi], h, w)   # each map holds one image
+    pix = _map_rows(*where)
     take(m["a0"], pix, out["a0"][lo:hi])
     take(m["valid"][..., None], pix, out["valid"][lo:hi, ..., None])
     for t, into in zip(m["t"], out["t"]):
-      e = t.shape[1]
-      cls = edge_class(e // 2)
-      take(t, ((cls[None, :, None] * e + cls[None, None, :]) * h + py) * w + px, into[lo:hi])
+      take(t, _map_rows(*where, t.shape[1]), into[lo:hi])
   return out
 
 
