@@ -5,8 +5,10 @@ r"""`python -m earthrep.summarize`: what trained stages reached, on the held-out
 
 Writes `OUT/summary.md` (centre-pixel MAE of each stage's best checkpoint per split and sensor; for a fusion
 model also with the S2 centre frame hidden, the any-day case; against a noise floor per sensor from
-`--floors`, a JSON {"s2": .., "s1": ..}) and `OUT/curves.png` (validation centre MAE against step), and
-prints the table. See `earthrep.training.summary`.
+`--floors`, a JSON {"s2": .., "s1": ..}; and what simple rules reach on the same samples: the training
+split's band means, the centre frame's mean, the mean of the 8 neighbours, the centre pixel linear in time)
+and `OUT/curves.png` (validation centre MAE against step), and prints the tables. See
+`earthrep.training.summary`.
 """
 from __future__ import annotations
 

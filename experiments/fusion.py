@@ -10,10 +10,12 @@ their centre S2 frame hidden from the input (`data_kwargs.hide_centre_prob`), so
 answer for days without a clear S2 observation. Default: the reference's fusion schedule (AdamW 1e-4,
 warm-up 30k steps, plateau factor 0.3 / patience 9) for GPU/TPU. `runlocal` trains the fusion layers on
 the demo's fused shards (700 steps at batch 16, lr 1e-3 with a cosine decay, about 9 minutes on a 2-core
-CPU). Measured on the seed-0 demo region with the `runlocal` stage-1 models: the validation metric (mean
-of the S1 and S2 centre-pixel MAE) falls from 0.0484 at step 0 (random heads) to 0.0336 (best, step 650); `earthrep.summarize` gives its
-validation centre MAE as S2 0.0138 (0.0304 with the S2 centre frame hidden), S1 0.0485: with frozen stage-1 decoders the fusion cannot
-reconstruct better than the stage-1 models do (S2 AE 0.0116, S1 AE 0.0542). `test` is tiny. A `_s2only` suffix
+CPU). Measured on the seed-0 demo region with the `runlocal` stage-1 models (S2 AE of
+seed 1: 0.0143; S1 AE 0.0465): the validation metric (mean of the S1 and S2 centre-pixel MAE) falls from
+0.0588 at step 0 (random heads) to 0.0313 (best, step 500); `earthrep.summarize` gives its validation
+centre MAE as S2 0.0160 (0.0249 with the S2 centre frame hidden; the centre pixel linear in time: 0.0156),
+S1 0.0430. The stage-1 decoders are frozen, so the fusion cannot reconstruct better than the stage-1
+models do (`benchmarks/results/demo_evening.md`). `test` is tiny. A `_s2only` suffix
 (`:runlocal_s2only`) fuses the S2 autoencoder alone: the "without S1" comparison of
 `benchmarks/anyday_reconstruction.py`.
 """

@@ -170,3 +170,9 @@ def test_resume_may_change_the_schedule_and_the_data_path_but_not_the_run(root, 
   older = {k: v for k, v in stored.items() if k != "data_fingerprint"}   # a workdir of an earlier version
   assert trainer.run_differences(older, stored) == []
   assert trainer.run_differences(older, current)[0].startswith("config.data_dir: ")
+  # a run written before the params' moving average existed resumes as it was (ema_decay 0), not otherwise
+  no_ema = json.loads(json.dumps(stored))
+  del no_ema["config"]["optimizer"]["ema_decay"]
+  assert trainer.run_differences(no_ema, stored) == []
+  stored["config"]["optimizer"]["ema_decay"] = 0.99
+  assert trainer.run_differences(no_ema, stored) == ["config.optimizer.ema_decay: '<unset>' -> 0.99"]

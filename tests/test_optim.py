@@ -76,6 +76,20 @@ def test_frozen_params_get_no_update_and_no_state():
   assert optim.count_params(params, trainable) == 4 and optim.count_params(params) == 16
 
 
+def test_ema_warms_up_and_leaves_frozen_leaves_bitwise():
+  assert float(optim.ema_decay_at(jnp.asarray(0), 0.99)) == pytest.approx(0.1)      # (1 + 0) / (10 + 0)
+  assert float(optim.ema_decay_at(jnp.asarray(10_000), 0.99)) == pytest.approx(0.99)
+  frozen = jnp.asarray([0.1, 1.0 / 3.0, -7.3e-8], jnp.float32)
+  ema = {"frozen": frozen, "trained": jnp.zeros(2)}
+  params = {"frozen": frozen, "trained": jnp.ones(2)}
+  for step in range(50):
+    ema = optim.ema_update(ema, params, jnp.asarray(step), 0.9)
+  np.testing.assert_array_equal(ema["frozen"], frozen)
+  # the trained leaf moved from 0 towards 1 by prod(d_t) of the remaining weight
+  keep = np.prod([min(0.9, (1 + s) / (10 + s)) for s in range(50)])
+  np.testing.assert_allclose(ema["trained"], 1.0 - keep, rtol=1e-5)
+
+
 @pytest.mark.parametrize("clip_norm", [0.0, 1.0])
 def test_learning_rate_scaled_updates_are_optax_adamw_bitwise(clip_norm):
   """make_optimizer + scale_updates(lr) == optax.adamw(lr) with float32 hyper-parameters (after the same

@@ -56,6 +56,34 @@ def test_stage1_trains_checkpoints_and_restores_best(tiny_shards, tmp_path):
   row = next(line for line in table.splitlines() if line.startswith("| s2_ae | validation | s2 |"))
   assert float(row.split("|")[7]) == pytest.approx(best["val_metric"], abs=6e-5)   # printed to 4 decimals
   assert (tmp_path / "summary" / "curves.png").stat().st_size > 1000
+  # and beside it what simple rules reach on the same split: four finite scores for the S2 shards
+  rule = next(line for line in table.splitlines() if line.startswith(f"| {config.data_dir} | validation | s2 |"))
+  scores = [float(v) for v in rule.strip("|").split("|")[3:]]
+  assert len(scores) == 4 and all(np.isfinite(scores)) and min(scores) > 0, rule
+
+
+def test_predictor_values_by_hand():
+  from earthrep.training import summary
+  t, h, c = 11, 15, 2
+  target = np.zeros((1, t, h, h, c), np.float32)
+  mask = np.ones(target.shape, bool)
+  target[0, 5] = 1.0                      # the centre frame is 1 everywhere ...
+  target[0, 5, 6:9, 6:9] = 3.0            # ... 3 on the 3x3 around the centre ...
+  target[0, 5, 7, 7] = 100.0              # ... and the centre itself never counts
+  mask[0, 5, 6, 6, 1] = False             # one neighbour invalid in band 1
+  target[0, 5, 6, 6, 1] = 1000.0
+  mask[0, 4, 7, 7] = False                # frame 4 of the centre pixel invalid: before = frame 3
+  target[0, 3, 7, 7] = 10.0               # day 30
+  target[0, 6, 7, 7] = 20.0               # day 60; the centre frame is day 50
+  days = np.array([[0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100]])
+  out = summary.predictor_values(target, mask, days, band_means=np.array([0.5, 0.25]))
+  np.testing.assert_allclose(out["band means"], [[0.5, 0.25]])
+  np.testing.assert_allclose(out["ring-1 mean"], [[3.0, 3.0]])
+  n0, n1 = 224, 223                       # valid pixels of the frame but the centre, per band
+  np.testing.assert_allclose(out["frame mean"], [[(216 + 3 * 8) / n0, (216 + 3 * 7) / n1]], rtol=1e-6)
+  np.testing.assert_allclose(out["linear in time"], [[10 + 20 / 30 * 10] * 2], rtol=1e-6)
+  mask[0, :5, 7, 7] = False               # nothing valid before: the first valid frame after
+  np.testing.assert_allclose(summary.predictor_values(target, mask, days, np.zeros(2))["linear in time"], [[20, 20]])
 
 
 def test_validation_metric_falls(tiny_shards, tmp_path):
@@ -83,7 +111,8 @@ def _leaves(tree):
 def _train_cmd(data_dir, workdir, total_steps):
   return [sys.executable, "-m", "earthrep.train", "--config", "experiments/s2_ae.py:test",
           "--workdir", str(workdir), f"--config.data_dir={data_dir}", f"--config.total_steps={total_steps}",
-          "--config.eval_every_steps=5", "--config.checkpoint_every_steps=1", "--config.log_every_steps=1"]
+          "--config.eval_every_steps=5", "--config.checkpoint_every_steps=1", "--config.log_every_steps=1",
+          "--config.optimizer.ema_decay=0.9"]   # the moving average is part of the state that must resume
 
 
 def test_sigkill_and_resume_reaches_bitwise_same_params(tiny_shards, tmp_path):
@@ -108,6 +137,11 @@ def test_sigkill_and_resume_reaches_bitwise_same_params(tiny_shards, tmp_path):
   assert s1 == s2 == total
   for a, b in zip(_leaves(p1), _leaves(p2)):
     np.testing.assert_array_equal(a, b)
+  # the best checkpoints hold the moving average (validated instead of the params), also bitwise the same
+  b1, b2 = (checkpoint.load_params(tmp_path / w) for w in ("straight", "killed"))
+  for a, b in zip(_leaves(b1), _leaves(b2)):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(_leaves(b1), _leaves(p1)))
 
 
 def test_same_loss_on_one_and_two_devices(tiny_shards):

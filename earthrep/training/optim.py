@@ -6,7 +6,8 @@ stopping. Here the learning rate is a function of the step (warm-up) and of the 
 updated on the host after each validation and passed to the jitted update; the step and the plateau
 state are saved with the checkpoint, so a resumed run follows exactly the same learning-rate path.
 Frozen parameters get `optax.set_to_zero` through `optax.multi_transform`, which keeps no optimiser state
-for them.
+for them. With `ema_decay` > 0 (not the reference) the trainer also keeps an exponential moving average of
+the params (`ema_update`), validates it and saves it as the best checkpoints.
 """
 from __future__ import annotations
 
@@ -47,6 +48,19 @@ def make_optimizer(cfg: ml_collections.ConfigDict, trainable: Any | None = None
     return tx
   labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable)
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """Decay of the params' moving average after update number `step` (0-based): min(decay, (1 + step) /
+  (10 + step)), so that the first updates are not averaged with the initial params for long."""
+  s = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(jnp.float32(decay), (1.0 + s) / (10.0 + s))
+
+
+def ema_update(ema: Any, params: Any, step: jax.Array, decay: float) -> Any:
+  """ema + (1 - d) (params - ema) leaf by leaf: a leaf equal to its average (a frozen one) stays bitwise."""
+  keep = 1.0 - ema_decay_at(step, decay)
+  return jax.tree.map(lambda e, p: e + keep.astype(e.dtype) * (p - e), ema, params)
 
 
 def scale_updates(updates: Any, lr: jax.Array) -> Any:

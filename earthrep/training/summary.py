@@ -2,9 +2,11 @@
 
 `stage_scores(workdir, split)` evaluates the best checkpoint of a stage workdir on a split of its own shards
 (the centre-pixel MAE the selection uses, per sensor for a fusion model; for a fusion model also with the
-S2 centre frame hidden, the any-day case). `write_summary(workdirs, out)` writes `summary.md` (one row per
-stage and split, with an optional noise floor per sensor from `floors`) and `curves.png` (validation
-centre MAE against step, from each workdir's `history.json`), and returns the rows.
+S2 centre frame hidden, the any-day case). `predictor_scores(data_dir, split, sensor)` is what simple rules
+reach on the same samples (`predictor_values`), the scale a stage's figure is read against.
+`write_summary(workdirs, out)` writes `summary.md` (one row per stage and split, with an optional noise
+floor per sensor from `floors`, then the rules' table) and `curves.png` (validation centre MAE against
+step, from each workdir's `history.json`), and returns the rows.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from earthrep import data as data_lib
+from earthrep import schema
 from earthrep.io import atomic, checkpoint
 from earthrep.training import tasks, trainer
 
@@ -47,6 +50,73 @@ def stage_scores(workdir: str | Path, split: str, hide_centre: bool = False,
       sums[k] = sums.get(k, 0.0) + float(np.sum(np.asarray(v) * weight))
     count += float(weight.sum())
   return {k: v / count for k, v in sums.items()} | {"count": count}
+
+
+PREDICTORS = ("band means", "frame mean", "ring-1 mean", "linear in time")
+
+
+def _valid_mean(x, valid, axis):
+  n = valid.sum(axis=axis)
+  return np.where(n > 0, np.where(valid, x, 0.0).sum(axis=axis) / np.maximum(n, 1), np.nan)
+
+
+def predictor_values(target, mask, days, band_means):
+  """The centre pixel of the centre frame as simple rules predict it from the rest of a patch, (B, C) each.
+
+  `target`/`mask` (B, T, H, W, C) are a batch's filled patches and validity, `days` (B, T) its dates and
+  `band_means` (C,) the mean valid centre value of the training split. The rules: "band means" (knows
+  nothing of the patch), "frame mean" (the valid pixels of the centre frame but the centre), "ring-1 mean"
+  (its 8 neighbours in that frame), "linear in time" (the centre pixel linearly interpolated in days between
+  the nearest valid frames before and after the centre frame, or the nearer one alone). A rule with no
+  valid input gives NaN (the sample is then left out of that rule's score).
+  """
+  b, t, h, w, c = target.shape
+  ct, cy, cx = schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX
+  frame, frame_ok = target[:, ct].copy(), mask[:, ct].copy()
+  frame_ok[:, cy, cx] = False
+  ring = (slice(None), slice(cy - 1, cy + 2), slice(cx - 1, cx + 2))
+  out = {"band means": np.broadcast_to(np.asarray(band_means, np.float64), (b, c)),
+         "frame mean": _valid_mean(frame.reshape(b, h * w, c), frame_ok.reshape(b, h * w, c), 1),
+         "ring-1 mean": _valid_mean(frame[ring].reshape(b, 9, c), frame_ok[ring].reshape(b, 9, c), 1)}
+  series, ok = target[:, :, cy, cx], mask[:, :, cy, cx]               # (B, T, C)
+  d = np.asarray(days, np.float64)[:, :, None] * np.ones((1, 1, c))
+  before_ok, after_ok = ok[:, :ct], ok[:, ct + 1:]
+  # nearest valid frame on each side (last valid before, first valid after)
+  i0 = np.where(before_ok.any(1), ct - 1 - np.argmax(before_ok[:, ::-1], axis=1), -1)
+  i1 = np.where(after_ok.any(1), ct + 1 + np.argmax(after_ok, axis=1), -1)
+  take = lambda a, i: np.take_along_axis(a, np.maximum(i, 0)[:, None], axis=1)[:, 0]
+  v0, v1, d0, d1 = take(series, i0), take(series, i1), take(d, i0), take(d, i1)
+  dc = d[:, ct]
+  frac = np.where(d1 > d0, (dc - d0) / np.where(d1 > d0, d1 - d0, 1.0), 0.5)
+  linear = np.where((i0 >= 0) & (i1 >= 0), v0 + frac * (v1 - v0), np.where(i0 >= 0, v0, np.where(i1 >= 0, v1, np.nan)))
+  out["linear in time"] = linear
+  return out
+
+
+def predictor_scores(data_dir: str | Path, split: str, sensor: str, batch_size: int = 64) -> dict[str, float]:
+  """Centre MAE of `predictor_values` on `split` of a shard dir (the default-mode `center` metric: per sample
+  the mean over the valid bands of the centre, then the mean over samples), for `sensor`'s patches."""
+  def batches(name):
+    return data_lib.eval_batches(data_dir, name, batch_size, fill="frame")
+  sums = None
+  for batch in batches("train"):
+    ok = batch[f"{sensor}_target_mask"][:, schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX]
+    ok &= batch["weight"][:, None] > 0
+    v = np.where(ok, batch[f"{sensor}_target"][:, schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX], 0.0)
+    sums = (v.sum(0), ok.sum(0)) if sums is None else (sums[0] + v.sum(0), sums[1] + ok.sum(0))
+  band_means = sums[0] / np.maximum(sums[1], 1)
+  total = {k: 0.0 for k in PREDICTORS}
+  count = {k: 0 for k in PREDICTORS}
+  for batch in batches(split):
+    target, mask = batch[f"{sensor}_target"], batch[f"{sensor}_target_mask"]
+    centre = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
+    valid = mask[centre] & (batch["weight"][:, None] > 0)
+    for name, pred in predictor_values(target, mask, batch[f"{sensor}_days"], band_means).items():
+      err = _valid_mean(np.abs(pred - target[centre]), valid & np.isfinite(pred), 1)
+      keep = np.isfinite(err)
+      total[name] += float(err[keep].sum())
+      count[name] += int(keep.sum())
+  return {k: total[k] / count[k] if count[k] else float("nan") for k in PREDICTORS}
 
 
 def _centre_columns(scores: Mapping[str, float]) -> dict[str, float]:
@@ -106,6 +176,24 @@ def write_summary(workdirs: Mapping[str, str | Path], out: str | Path, splits: S
   lines += ["", "The noise floor is the MAE of the observations against the simulator's noise-free values on the "
             "same held-out cubes (demo only; benchmarks/noise_floor.py). Curves: curves.png (validation centre MAE "
             "against step, from each workdir's history.json)."]
+  lines += ["", "## What simple rules reach on the same samples", "",
+            "The centre pixel of the centre frame predicted from the rest of each patch, scored as the centre MAE "
+            "above (`earthrep.training.summary.predictor_values`): a stage whose code has learned nothing about "
+            "its patch scores about the band means; one that reconstructs the centre from its neighbourhood "
+            "reaches the ring-1 mean; the hidden-centre rows of a fusion model compare with linear in time.", "",
+            "| shards | split | sensor | " + " | ".join(PREDICTORS) + " |", "|---|---|---|" + "---|" * len(PREDICTORS)]
+  seen = set()
+  for name, workdir in workdirs.items():
+    config, _ = _task(workdir)
+    for sensor in ([config.sensor] if config.get("sensor") else list(config.sensors)):
+      for split in splits:
+        key = (str(config.data_dir), sensor, split)
+        if key in seen:
+          continue
+        seen.add(key)
+        scores = predictor_scores(config.data_dir, split, sensor)
+        lines.append(f"| {config.data_dir} | {split} | {sensor} | " + " | ".join(f"{scores[k]:.4f}" for k in PREDICTORS)
+                     + " |")
   atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
   write_curves(workdirs, out / "curves.png")
   return rows

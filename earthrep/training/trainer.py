@@ -7,7 +7,9 @@ independent streams: params init, dropout (per-step keys `fold_in(dropout key, s
 order. The data iterator, plateau state and step are checkpointed with the params, so a run killed at any
 moment and resumed from its workdir reaches bitwise the same params on CPU. Validation runs every `eval_every_steps`
 (default: one epoch) on the whole validation split; the best `keep_best` checkpoints by the
-selection metric (centre-pixel MAE) are kept beside the latest.
+selection metric (centre-pixel MAE) are kept beside the latest. With `optimizer.ema_decay` > 0 the params'
+moving average (kept in the optimiser state, so checkpointed and resumed with it) is what is validated
+and saved as best.
 Before anything is written, the config, the data and the workdir are checked (`check_config`,
 `prepare_workdir`): a workdir holding a run with other settings (model, data, seed, ...; the fields in
 `RESUMABLE_FIELDS` may change when resuming, and the data may move: it is compared by the fingerprint of
@@ -56,14 +58,31 @@ class ConfigError(EarthrepError):
 def train_step(task, tx, opt_cfg, params, opt_state, batch, step, lr_scale, dropout_key):
   """One update: loss, gradients, clipping + AdamW at the step's learning rate; returns the new params,
   optimizer state and scalar metrics. The trainer jits it with `functools.partial(train_step, task, tx,
-  config.optimizer)` and donated state."""
+  config.optimizer)` and donated state. With `opt_cfg.ema_decay` > 0 the state is {"tx": the optimiser's,
+  "ema": the params' moving average} (`init_opt_state`)."""
   rng = jax.random.fold_in(dropout_key, step)
   (loss, aux), grads = jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng)
   lr = optim.learning_rate(opt_cfg, step, lr_scale)
-  updates, opt_state = tx.update(grads, opt_state, params)
+  ema_decay = opt_cfg.get("ema_decay", 0.0)
+  updates, tx_state = tx.update(grads, opt_state["tx"] if ema_decay else opt_state, params)
   params = optax.apply_updates(params, optim.scale_updates(updates, lr))
+  opt_state = {"tx": tx_state, "ema": optim.ema_update(opt_state["ema"], params, step, ema_decay)} \
+      if ema_decay else tx_state
   metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr)
   return params, opt_state, metrics
+
+
+def init_opt_state(tx, opt_cfg, params, sharding) -> Any:
+  """The optimiser state of `train_step`: tx's, and with `ema_decay` > 0 a copy of the params to average."""
+  tx_state = jax.jit(tx.init, out_shardings=sharding)(params)
+  if not opt_cfg.get("ema_decay", 0.0):
+    return tx_state
+  return {"tx": tx_state, "ema": jax.tree.map(lambda p: p.copy(), params)}   # own buffers: params are donated
+
+
+def eval_params(opt_cfg, params, opt_state) -> Any:
+  """What is validated and saved as a best checkpoint: the params' moving average when kept, else the params."""
+  return opt_state["ema"] if opt_cfg.get("ema_decay", 0.0) else params
 
 
 def seed_streams(seed: int) -> dict[str, int]:
@@ -175,8 +194,12 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
+# Config fields added after runs were written, with the value that means what those runs did.
+ADDED_FIELDS = {"config.optimizer.ema_decay": 0.0}
+
+
 def _same(key: str, old: Any, new: Any) -> bool:
-  if old == new:
+  if old == new or (old == "<unset>" and key in ADDED_FIELDS and new == ADDED_FIELDS[key]):
     return True
   leaf = key.rsplit(".", 1)[-1]
   if isinstance(old, str) and isinstance(new, str) and (
@@ -314,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
   params = task.restore_pretrained(params)
   trainable = task.trainable(params)
   tx = optim.make_optimizer(config.optimizer, trainable)
-  opt_state = jax.jit(tx.init, out_shardings=repl)(params)
+  opt_state = init_opt_state(tx, config.optimizer, params, repl)
   n_all = optim.count_params(params)
   n_train = n_all if trainable is None else optim.count_params(params, trainable)
   logging.info("parameters: %d total, %d trained, %d frozen", n_all, n_train, n_all - n_train)
@@ -343,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
 
   # ---------------------------------------------------------------- step-0 validation
   if step == 0 and config.get("eval_at_start", True):
-    val = evaluate(task, eval_step, params, config, mesh)
+    val = evaluate(task, eval_step, eval_params(config.optimizer, params, opt_state), config, mesh)
     history.append({"step": 0, **val})
     _write_history(workdir, history)
     logging.info("step 0 validation: %s", _fmt(val))
@@ -366,7 +389,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       _report(*pending, writer, progress, config)
       pending = None
     if boundary:
-      val = evaluate(task, eval_step, params, config, mesh)
+      val = evaluate(task, eval_step, eval_params(config.optimizer, params, opt_state), config, mesh)
       plateau, stop = optim.plateau_update(plateau, val["val_metric"], config.optimizer)
       history.append({"step": step, **val})
       _write_history(workdir, history)
@@ -375,7 +398,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         for k, v in val.items():
           writer.add_scalar(k, v, step)
       if step not in ckpts.best.all_steps():  # a resumed run may re-reach a saved boundary
-        ckpts.save_best(step, params, {"step": step, "val_metric": val["val_metric"]})
+        ckpts.save_best(step, eval_params(config.optimizer, params, opt_state),
+                        {"step": step, "val_metric": val["val_metric"]})
     if boundary or step % ckpt_every == 0 or stop:
       save_latest()
   if pending is not None:
