@@ -2,7 +2,7 @@
 
 `stage_scores(workdir, split)` evaluates the best checkpoint of a stage workdir on a split of its own shards
 (the centre-pixel MAE the selection uses, per sensor for a fusion model; for a fusion model also with the
-S2 centre frame hidden, the any-day case). `predictor_scores(data_dir, split, sensor)` is what simple rules
+S2 centre frame hidden, the any-day case). `predictor_scores(data_dir, splits, sensor)` is what simple rules
 reach on the same samples (`predictor_values`), the scale a stage's figure is read against.
 `write_summary(workdirs, out)` writes `summary.md` (one row per stage and split, with an optional noise
 floor per sensor from `floors`, then the rules' table) and `curves.png` (validation centre MAE against
@@ -93,30 +93,34 @@ def predictor_values(target, mask, days, band_means):
   return out
 
 
-def predictor_scores(data_dir: str | Path, split: str, sensor: str, batch_size: int = 64) -> dict[str, float]:
-  """Centre MAE of `predictor_values` on `split` of a shard dir (the default-mode `center` metric: per sample
-  the mean over the valid bands of the centre, then the mean over samples), for `sensor`'s patches."""
+def predictor_scores(data_dir: str | Path, splits: Sequence[str], sensor: str, batch_size: int = 64
+                     ) -> dict[str, dict[str, float]]:
+  """split -> centre MAE of each `predictor_values` rule on that split of a shard dir (the default-mode
+  `center` metric: per sample the mean over the valid bands of the centre, then the mean over samples),
+  for `sensor`'s patches; the band means are read from the training split once."""
   def batches(name):
     return data_lib.eval_batches(data_dir, name, batch_size, fill="frame")
+  centre = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
   sums = None
   for batch in batches("train"):
-    ok = batch[f"{sensor}_target_mask"][:, schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX]
-    ok &= batch["weight"][:, None] > 0
-    v = np.where(ok, batch[f"{sensor}_target"][:, schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX], 0.0)
+    ok = batch[f"{sensor}_target_mask"][centre] & (batch["weight"][:, None] > 0)
+    v = np.where(ok, batch[f"{sensor}_target"][centre], 0.0)
     sums = (v.sum(0), ok.sum(0)) if sums is None else (sums[0] + v.sum(0), sums[1] + ok.sum(0))
   band_means = sums[0] / np.maximum(sums[1], 1)
-  total = {k: 0.0 for k in PREDICTORS}
-  count = {k: 0 for k in PREDICTORS}
-  for batch in batches(split):
-    target, mask = batch[f"{sensor}_target"], batch[f"{sensor}_target_mask"]
-    centre = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
-    valid = mask[centre] & (batch["weight"][:, None] > 0)
-    for name, pred in predictor_values(target, mask, batch[f"{sensor}_days"], band_means).items():
-      err = _valid_mean(np.abs(pred - target[centre]), valid & np.isfinite(pred), 1)
-      keep = np.isfinite(err)
-      total[name] += float(err[keep].sum())
-      count[name] += int(keep.sum())
-  return {k: total[k] / count[k] if count[k] else float("nan") for k in PREDICTORS}
+  out = {}
+  for split in splits:
+    total = {k: 0.0 for k in PREDICTORS}
+    count = {k: 0 for k in PREDICTORS}
+    for batch in batches(split):
+      target, mask = batch[f"{sensor}_target"], batch[f"{sensor}_target_mask"]
+      valid = mask[centre] & (batch["weight"][:, None] > 0)
+      for name, pred in predictor_values(target, mask, batch[f"{sensor}_days"], band_means).items():
+        err = _valid_mean(np.abs(pred - target[centre]), valid & np.isfinite(pred), 1)
+        keep = np.isfinite(err)
+        total[name] += float(err[keep].sum())
+        count[name] += int(keep.sum())
+    out[split] = {k: total[k] / count[k] if count[k] else float("nan") for k in PREDICTORS}
+  return out
 
 
 def _centre_columns(scores: Mapping[str, float]) -> dict[str, float]:
@@ -154,9 +158,10 @@ def write_summary(workdirs: Mapping[str, str | Path], out: str | Path, splits: S
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   workdirs = {name: Path(w) for name, w in workdirs.items()}
-  rows = []
+  rows, configs = [], []
   for name, workdir in workdirs.items():
     config, _ = _task(workdir)
+    configs.append(config)
     history = trainer.read_history(workdir)
     modes = [False, True] if config.get("task") == "fusion" else [False]
     for split in splits:
@@ -183,15 +188,12 @@ def write_summary(workdirs: Mapping[str, str | Path], out: str | Path, splits: S
             "reaches the ring-1 mean; the hidden-centre rows of a fusion model compare with linear in time.", "",
             "| shards | split | sensor | " + " | ".join(PREDICTORS) + " |", "|---|---|---|" + "---|" * len(PREDICTORS)]
   seen = set()
-  for name, workdir in workdirs.items():
-    config, _ = _task(workdir)
+  for config in configs:
     for sensor in ([config.sensor] if config.get("sensor") else list(config.sensors)):
-      for split in splits:
-        key = (str(config.data_dir), sensor, split)
-        if key in seen:
-          continue
-        seen.add(key)
-        scores = predictor_scores(config.data_dir, split, sensor)
+      if (str(config.data_dir), sensor) in seen:
+        continue
+      seen.add((str(config.data_dir), sensor))
+      for split, scores in predictor_scores(config.data_dir, splits, sensor).items():
         lines.append(f"| {config.data_dir} | {split} | {sensor} | " + " | ".join(f"{scores[k]:.4f}" for k in PREDICTORS)
                      + " |")
   atomic.write_text(out / "summary.md", "\n".join(lines) + "\n")
