@@ -101,12 +101,12 @@ def predictor_scores(data_dir: str | Path, splits: Sequence[str], sensor: str, b
   def batches(name):
     return data_lib.eval_batches(data_dir, name, batch_size, fill="frame")
   centre = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
-  sums = None
+  value_sum, valid_count = 0.0, 0
   for batch in batches("train"):
     ok = batch[f"{sensor}_target_mask"][centre] & (batch["weight"][:, None] > 0)
-    v = np.where(ok, batch[f"{sensor}_target"][centre], 0.0)
-    sums = (v.sum(0), ok.sum(0)) if sums is None else (sums[0] + v.sum(0), sums[1] + ok.sum(0))
-  band_means = sums[0] / np.maximum(sums[1], 1)
+    value_sum = value_sum + np.where(ok, batch[f"{sensor}_target"][centre], 0.0).sum(0)
+    valid_count = valid_count + ok.sum(0)
+  band_means = value_sum / np.maximum(valid_count, 1)
   out = {}
   for split in splits:
     total = {k: 0.0 for k in PREDICTORS}

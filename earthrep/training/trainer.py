@@ -389,7 +389,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
       _report(*pending, writer, progress, config)
       pending = None
     if boundary:
-      val = evaluate(task, eval_step, eval_params(config.optimizer, params, opt_state), config, mesh)
+      validated = eval_params(config.optimizer, params, opt_state)
+      val = evaluate(task, eval_step, validated, config, mesh)
       plateau, stop = optim.plateau_update(plateau, val["val_metric"], config.optimizer)
       history.append({"step": step, **val})
       _write_history(workdir, history)
@@ -398,8 +399,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path, *
         for k, v in val.items():
           writer.add_scalar(k, v, step)
       if step not in ckpts.best.all_steps():  # a resumed run may re-reach a saved boundary
-        ckpts.save_best(step, eval_params(config.optimizer, params, opt_state),
-                        {"step": step, "val_metric": val["val_metric"]})
+        ckpts.save_best(step, validated, {"step": step, "val_metric": val["val_metric"]})
     if boundary or step % ckpt_every == 0 or stop:
       save_latest()
   if pending is not None:
