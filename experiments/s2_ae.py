@@ -5,14 +5,15 @@ r"""Stage 1, Sentinel-2 context-aware autoencoder (C 10, bottleneck 9, 6 reduced
 
 Default: the reference's full-size model (3,726,109 params) and schedule (AdamW 1e-4, warm-up 35k
 steps, plateau decay, batch 16, up to 500 epochs) for GPU/TPU; the released S2 AE reached a validation
-centre MAE of 3.686e-3 on its 500-cube data set. `runlocal` is the demo's recipe (narrower; batch 32,
-lr 1e-3 with a 100-step warm-up and a cosine decay to 2 % over 1400 steps, no dropout, the params' moving
-average (decay 0.99) validated and kept; about 15 minutes on a 2-core CPU; `earthrep.training.configs`
-says why): on the seed-0 demo region (1503 training patches) the validation centre MAE falls from 0.264
-at step 0 to 0.0163 at step 600 and 0.0127 at 1400 (test cube 0.0169; seed 1: 0.0143 and 0.0182; the
-noise floor of the held-out cubes is 0.0054, and the mean of the centre pixel's 8 neighbours scores 0.0050
-on the validation cube). The previous recipe (batch 16, lr 2e-3, 2500 steps) reached 0.0116 once and
-0.0256 / 0.0329 in two later runs. `test` is tiny and used by the test suite.
+centre MAE of 3.686e-3 on its 500-cube data set. `runlocal` is the demo's recipe (narrower; earthrep's
+centre path, `TransformerAE.centre_path`, which the reference lacks; batch 32, lr 1e-3 with a 100-step warm-up and a cosine decay to 2 % over 1400 steps, no
+dropout, the params' moving average (decay 0.99) validated and kept; about 14 minutes on a 2-core CPU;
+`earthrep.training.configs` says why): on the seed-0 demo region's S2 shards cut at 3 px (`make demo`,
+4319 training patches) the validation centre MAE falls from 0.262 at step 0 to 0.0176 at step 500 and
+0.0113 at 1400, and the test cube reaches 0.0071 (the noise floor of the held-out cubes is 0.0054; the
+mean of the centre pixel's 8 neighbours scores 0.0050 / 0.0060). Without the centre path: 0.0132 / 0.0103,
+and a code driven more by the centre's neighbours than by the pixel (benchmarks/results/s2_recipe.md).
+`test` is tiny and used by the test suite.
 """
 from earthrep.training import configs
 

@@ -176,3 +176,11 @@ def test_resume_may_change_the_schedule_and_the_data_path_but_not_the_run(root, 
   assert trainer.run_differences(no_ema, stored) == []
   stored["config"]["optimizer"]["ema_decay"] = 0.99
   assert trainer.run_differences(no_ema, stored) == ["config.optimizer.ema_decay: '<unset>' -> 0.99"]
+  # ... and one written before the autoencoders' centre path existed (stage 1 and fusion layouts)
+  before = {"model": {"fill": "frame", "autoencoders": {"s2": {"fill": "frame"}}}}
+  after = {"model": {"fill": "frame", "centre_path": False,
+                     "autoencoders": {"s2": {"fill": "frame", "centre_path": False}}}}
+  assert trainer.run_differences(before, after) == []
+  after["model"]["autoencoders"]["s2"]["centre_path"] = True
+  assert trainer.run_differences(before, after) == [
+      "model.autoencoders.s2.centre_path: '<unset>' -> True"]

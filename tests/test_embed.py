@@ -65,6 +65,19 @@ def _merged():
   return W.merge(make_site_cube(0, size=SIZE, days=DAYS))
 
 
+def _case(mode: str):
+  """(windows, local grid, tile side): clear windows on the 4x4 tile, or every third daily window on a
+  3x3 tile."""
+  merged = _merged()
+  if mode == "clear":
+    win, local = W.clear_windows(merged), merged
+  else:
+    win = W.anyday_windows(merged, W.daily_days(merged)[::3])
+    local = W.Merged(merged.s2_thwc[:, 1:18, 0:17], merged.s2_time, merged.s1_uhwc[:, 1:18, 0:17],
+                     merged.s1_time)
+  return win, local, local.s2_thwc.shape[1] - 14
+
+
 @pytest.mark.parametrize("share", [0, ALWAYS_SHARE])
 @pytest.mark.parametrize("mode,fill", [("clear", "frame"), ("daily", "frame"), ("clear", "window"),
                                        ("daily", "window")])
@@ -72,14 +85,7 @@ def test_fast_equals_naive(engine, window_engine, mode, fill, share):
   engine = engine if fill == "frame" else window_engine
   engine.share_px_per_crop = share
   assert engine.model.fill == fill
-  merged = _merged()
-  if mode == "clear":
-    win, local = W.clear_windows(merged), merged
-  else:   # every third daily window on a 3x3 tile
-    win = W.anyday_windows(merged, W.daily_days(merged)[::3])
-    local = W.Merged(merged.s2_thwc[:, 1:18, 0:17], merged.s2_time, merged.s1_uhwc[:, 1:18, 0:17],
-                     merged.s1_time)
-  t = local.s2_thwc.shape[1] - 14
+  win, local, t = _case(mode)
   naive = engine_lib.naive_tile(engine, local, win, t, t)
   for s in engine.model.sensors:   # computed once per engine; not counted below
     engine.empty_feature(s)
@@ -92,6 +98,20 @@ def test_fast_equals_naive(engine, window_engine, mode, fill, share):
   assert (calls.get("crop_s2_holes", 0) > 0) == (bool(share) and fill == "frame")
   assert (calls.get("conv_s2", 0) > 0) == (not share or fill == "window")
   assert np.isfinite(naive).sum() > 7 * 50
+  np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
+  assert np.nanmax(np.abs(naive - fast)) <= 1e-5
+
+
+@pytest.mark.parametrize("mode,fill", [("clear", "frame"), ("daily", "frame"), ("daily", "window")])
+def test_fast_equals_naive_with_the_centre_path(mode, fill):
+  """Autoencoders with `centre_path`: the fast path hands each crop's filled centre pixel to the encoder
+  (hidden and cloudy frames included) and gives what the full forward gives."""
+  engine = engine_lib.Engine(*random_fusion(fill=fill, centre_path=True), batch=64,
+                             share_px_per_crop=ALWAYS_SHARE)
+  win, local, t = _case(mode)
+  naive = engine_lib.naive_tile(engine, local, win, t, t)
+  fast = engine_lib.fast_tile(engine, local, win, t, t)
+  assert np.isfinite(naive).sum() > 7 * 20
   np.testing.assert_array_equal(np.isnan(naive), np.isnan(fast))
   assert np.nanmax(np.abs(naive - fast)) <= 1e-5
 

@@ -241,3 +241,34 @@ def test_crop_share_matches_the_encoder_on_every_crop():
   np.testing.assert_allclose(clean, want[~holes], atol=2e-6)
   assert list(crop_share.edge_class(3)) == [0, 1, 2] + [3] * 9 + [4, 5, 6]
   assert crop_share.tap_ranges(3, 1) == [(1, 3), (0, 3), (0, 2)]
+
+
+def test_centre_path_reads_and_writes_the_centre_pixel():
+  """`centre_path`: the centre pixel's series enters z directly and the decoder writes the centre pixel
+  from the frame tokens; encode_features refuses to run without it; the path starts as a no-op on the
+  output (zero-initialised head)."""
+  model = TransformerAE(3, 4, 5, **TINY, centre_path=True)
+  x, gaps = _inputs(3, 2)
+  params = _random_params(model)
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, gaps, train=False, method=TransformerAE.encode))
+  plain = TransformerAE(3, 4, 5, **TINY)   # the reference's path, with the same weights
+  shared = {k: v for k, v in params.items() if k not in ("centre_in", "centre_out")}
+  z_plain = plain.apply({"params": shared}, x, gaps, train=False, method=TransformerAE.encode)
+  no_centre = {**params, "centre_in": jax.tree.map(jnp.zeros_like, params["centre_in"])}
+  np.testing.assert_allclose(encode(no_centre, x), z_plain, atol=1e-6)
+  z = encode(params, x)
+  assert float(jnp.max(jnp.abs(z - z_plain))) > 1e-3
+  recon = model.apply({"params": params}, z, gaps, train=False, method=TransformerAE.decode)
+  head_off = {**params, "centre_out": jax.tree.map(jnp.zeros_like, params["centre_out"])}
+  recon0 = model.apply({"params": head_off}, z, gaps, train=False, method=TransformerAE.decode)
+  diff = np.abs(np.asarray(recon - recon0))
+  assert diff[:, :, 7, 7].min() > 0
+  diff[:, :, 7, 7] = 0
+  assert not diff.any()   # the centre pixel only
+  init = model.init({"params": jax.random.key(0)}, x, gaps, train=False)["params"]
+  assert not np.any(init["centre_out"]["kernel"])
+  feats = model.apply({"params": params}, x, train=False, method=TransformerAE.conv_features)
+  with pytest.raises(ValueError, match="centre_BTC"):
+    model.apply({"params": params}, feats, gaps, train=False, method=TransformerAE.encode_features)
+  rebuilt = ae_from_config(ae_config(model))
+  assert rebuilt == model

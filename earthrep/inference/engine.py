@@ -7,7 +7,10 @@ Fast (default): (a) only `FusionModel.embed` runs (no decoders); (b) the conv-en
 (date, pixel) crop that is the same in every window holding it is computed once per tile and reused by
 all of them; (c) fixed batch shapes (last batch padded), jitted once per shape and sharded over the local
 devices on the `data` mesh axis. The cached features enter the model's own code through
-`FusionModel.embed_from_features`, so the transformer and fusion layers are the model's own. Which crops can be shared depends on the fill:
+`FusionModel.embed_from_features`, so the transformer and fusion layers are the model's own; an
+autoencoder with a centre path (`TransformerAE.centre_path`) also gets each crop's filled centre pixel,
+read from the series and the crop's or window's fill (`_filled_centres`). Which crops can be shared depends
+on the fill:
 * "frame" (earthrep's default): a crop is filled from its own frame, so every crop is shared; a hidden
   frame (any-day centre) or a crop without any valid value is all zeros and they share one feature.
 * "window" (the reference's fill): a crop with an invalid value is filled with its window's mean, which
@@ -260,9 +263,11 @@ def _crop_encode(ae, sensor, holes, host_gather, p, fill, prep, maps=None, slot=
   return crop_share.encode(ae, p[f"ae_{sensor}"], prep, crops, fill if holes else None)
 
 
-def _tail(model, embedding, p, feats, gaps, offsets):
-  """The engine's embedding from precomputed per-frame conv features (`FusionModel.embed_from_features`)."""
-  features = {s: (feats[s], gaps[s]) for s in model.sensors}
+def _tail(model, embedding, p, feats, gaps, offsets, centres=None):
+  """The engine's embedding from precomputed per-frame conv features (`FusionModel.embed_from_features`);
+  `centres` holds the filled centre pixels of the sensors whose autoencoder has a centre path."""
+  centres = centres or {}
+  features = {s: (feats[s], gaps[s], *([centres[s]] if s in centres else [])) for s in model.sensors}
   out = model.apply({"params": p}, features, offsets, method=FusionModel.embed_from_features)
   return out["zf"] if embedding == "fused" else out["z"][embedding]
 
@@ -271,6 +276,26 @@ def _series(merged: Merged, windows: Windows, sensor: str) -> tuple[np.ndarray, 
   if sensor == "s2":
     return merged.s2_thwc, windows.s2_frames, windows.gaps_s2
   return merged.s1_uhwc, windows.s1_frames, windows.gaps_s1
+
+
+def _filled_centres(series: np.ndarray, f_qk: np.ndarray, rows_q: np.ndarray, cols_q: np.ndarray, fill: str,
+                    mean_qc: np.ndarray | None) -> np.ndarray:
+  """The centre pixel of every (window, frame) crop after `preprocess.fill_patches` (q, k, c) float32: the
+  observed value, else the fill of its crop ("frame": the channel mean of the crop's valid values, 0 for a
+  hidden or empty crop) or of its window ("window": `mean_qc`, the window's channel means)."""
+  shown_qk = f_qk != HIDDEN
+  safe_qk = np.where(shown_qk, f_qk, 0)
+  raw_qkc = np.where(shown_qk[..., None], series[safe_qk, rows_q[:, None], cols_q[:, None]], np.nan)
+  if fill == "frame":
+    uniq, inv = np.unique(np.stack([rows_q, cols_q], axis=1), axis=0, return_inverse=True)
+    sums_tpc = _box_at(np.where(np.isfinite(series), series, 0.0).astype(np.float64), uniq[:, 0], uniq[:, 1])
+    counts_tpc = _box_counts(series, uniq[:, 0], uniq[:, 1])
+    p_qk = np.broadcast_to(inv.reshape(-1)[:, None], f_qk.shape)
+    fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(counts_tpc[safe_qk, p_qk], 1)
+    fill_qkc = np.where(shown_qk[..., None], fill_qkc, 0.0).astype(np.float32)
+  else:
+    fill_qkc = np.broadcast_to(mean_qc[:, None, :], raw_qkc.shape)
+  return np.where(np.isnan(raw_qkc), fill_qkc, raw_qkc).astype(np.float32)
 
 
 def _tile_pixels(ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
@@ -457,14 +482,19 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
       cached_qk = clean_tp[safe_qk, p_qk] & shown_qk
     keys = np.unique(safe_qk[cached_qk] * n_pix + p_qk[cached_qk])
     cache = _crop_features(engine, s, series, keys, rows, cols, n_pix) if len(keys) else None
-    prep[s] = (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps[w_q])
+    centre_qkc = None
+    if model.autoencoders[model.sensors.index(s)].centre_path:
+      centre_qkc = _filled_centres(series, f_qk, rows[p_q], cols[p_q], fill, mean_qc)
+    prep[s] = (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps[w_q], centre_qkc)
   offsets_q = offsets_for(model, windows.delta_days[w_q])
   zf = []
   group = engine.batch * 8   # windows whose per-window crops are encoded together (less padding per call)
   for start in range(0, len(w_q), group):
     sl = slice(start, start + group)
     arrays = {"offsets": offsets_q[sl]}
-    for s, (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps_q) in prep.items():
+    for s, (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps_q, centre_qkc) in prep.items():
+      if centre_qkc is not None:
+        arrays[f"{s}_centre"] = centre_qkc[sl]
       f, cached, p = f_qk[sl], cached_qk[sl], p_q[sl]
       rest_b, rest_k = np.nonzero(~cached)
       feat_rest = None
@@ -483,7 +513,8 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
         feats[rest_b, rest_k] = feat_rest
       arrays[f"{s}_feats"], arrays[f"{s}_gaps"] = feats, gaps_q[sl]
     fn = lambda prm, offsets, **a: engine.tail_fn(
-        prm, {s: a[f"{s}_feats"] for s in model.sensors}, {s: a[f"{s}_gaps"] for s in model.sensors}, offsets)
+        prm, {s: a[f"{s}_feats"] for s in model.sensors}, {s: a[f"{s}_gaps"] for s in model.sensors}, offsets,
+        {s: a[f"{s}_centre"] for s in model.sensors if f"{s}_centre" in a})
     zf.append(engine.run(fn, "tail", engine.batch, arrays))
   out[w_q, p_q] = np.concatenate(zf)
   return out.reshape(len(windows), ty, tx, engine.width)

@@ -10,6 +10,9 @@ With `reference_batch_mixing=True` the encoder transformer attends across the sa
 act as the batch), which reproduces the reference (to float32 rounding) but makes z depend on the other
 samples; the default attends over the 11 frames of each sample. `fill` records how the inputs are
 NaN-filled ("window" as the reference, "frame" the earthrep default; `earthrep.data.preprocess.fill_patches`).
+With `centre_path=True` (earthrep's `runlocal` recipes; not in the reference) the centre pixel's own filled
+series also enters the frame tokens and the decoder's frame tokens also write the centre pixel of the
+output, so the code need not recover that pixel from a 4x4 grid that blends it with its neighbours.
 `encode` = `encode_features(conv_features(x))`; the embedders call the two halves separately to reuse
 per-frame features. Dropout uses the `'dropout'` RNG stream. Intermediates are sown into `'intermediates'`.
 
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from earthrep.models import blocks
-from earthrep.schema import AE_MAX_POSITION, PATCH_FRAMES, PATCH_PX, check_fill
+from earthrep.schema import AE_MAX_POSITION, CENTRE_PX, PATCH_FRAMES, PATCH_PX, check_fill
 
 TOKEN_PX = 4   # 15 -> 7 (conv1) -> 4 (conv2)
 
@@ -117,6 +120,10 @@ class TransformerAE(nn.Module):
   # How the multi-scale blocks' 3x3/7x7 convolutions are computed (`models.kernels`): "auto" = FFT on CPU,
   # plain convolutions on accelerators; the same function either way (float32 rounding).
   conv_impl: str = "auto"
+  # earthrep's centre path (not in the reference; off by default): the centre pixel's own series is
+  # projected into the frame tokens (encoder) and read back from them for the centre pixel of the output
+  # (decoder), around the 4x4 token grid that otherwise blends it with its 8 neighbours before the code.
+  centre_path: bool = False
 
   def setup(self):
     if self.d_model % (TOKEN_PX * TOKEN_PX):
@@ -134,6 +141,9 @@ class TransformerAE(nn.Module):
     self.token_upsampler = nn.Dense(self.frames)
     self.decoder_linear = nn.Dense(self.d_model)
     self.conv_decoder = ConvDecoder(tuple(self.widths), self.channels, self.dec_dropout, self.conv_impl)
+    if self.centre_path:
+      self.centre_in = nn.Dense(self.d_model)
+      self.centre_out = nn.Dense(self.channels, kernel_init=nn.initializers.zeros)
 
   def _time_embedding(self, time_gaps_BG: jax.Array) -> jax.Array:
     return self.time_table(frame_positions(time_gaps_BG)) / math.sqrt(self.d_model)
@@ -145,13 +155,22 @@ class TransformerAE(nn.Module):
     return f_NHWC.reshape(b, t, *f_NHWC.shape[1:])
 
   def encode(self, x_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
-    return self.encode_features(self.conv_features(x_BTHWC, train=train), time_gaps_BG, train=train)
+    centre_BTC = x_BTHWC[:, :, CENTRE_PX, CENTRE_PX, :] if self.centre_path else None
+    return self.encode_features(self.conv_features(x_BTHWC, train=train), time_gaps_BG, train=train,
+                                centre_BTC=centre_BTC)
 
-  def encode_features(self, f_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool) -> jax.Array:
-    """z (B, Z) from per-frame conv features (`conv_features`, or features cached by the embedders)."""
+  def encode_features(self, f_BTHWC: jax.Array, time_gaps_BG: jax.Array, *, train: bool,
+                      centre_BTC: jax.Array | None = None) -> jax.Array:
+    """z (B, Z) from per-frame conv features (`conv_features`, or features cached by the embedders); a
+    `centre_path` model also takes the filled input's centre pixel of every frame, `centre_BTC`."""
     b, t = f_BTHWC.shape[:2]
     self.sow("intermediates", "enc_dimred", f_BTHWC)
     tokens_BTD = f_BTHWC.transpose(0, 1, 4, 2, 3).reshape(b, t, self.d_model)   # c*16 + h*4 + w
+    if self.centre_path:
+      if centre_BTC is None:
+        raise ValueError("this autoencoder has centre_path=True: encode_features needs the centre pixel "
+                         "of every frame (centre_BTC)")
+      tokens_BTD = tokens_BTD + self.centre_in(centre_BTC)
     x_BTD = tokens_BTD + self._time_embedding(time_gaps_BG)
     self.sow("intermediates", "enc_transformer_in", x_BTD)
     if self.reference_batch_mixing:   # sequence = samples, frames = batch (reference b.4)
@@ -181,7 +200,10 @@ class TransformerAE(nn.Module):
     t = x_BTD.shape[1]
     f_NHWC = x_BTD.reshape(b * t, self.token_channels, TOKEN_PX, TOKEN_PX).transpose(0, 2, 3, 1)
     y_NHWC = self.conv_decoder(f_NHWC, train=train)
-    return y_NHWC.reshape(b, t, PATCH_PX, PATCH_PX, self.channels)
+    y_BTHWC = y_NHWC.reshape(b, t, PATCH_PX, PATCH_PX, self.channels)
+    if self.centre_path:
+      y_BTHWC = y_BTHWC.at[:, :, CENTRE_PX, CENTRE_PX, :].add(self.centre_out(x_BTD))
+    return y_BTHWC
 
   def __call__(self, x_BTHWC: jax.Array, time_gaps_BG: jax.Array, *,
                train: bool) -> tuple[jax.Array, jax.Array]:

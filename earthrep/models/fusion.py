@@ -101,9 +101,14 @@ class FusionModel(nn.Module):
   def embed_from_features(self, features: SensorInputs, offsets_BK: jax.Array, *,
                           train: bool = False) -> dict[str, Any]:
     """The embeddings from each sensor's per-frame conv features (`TransformerAE.conv_features`), given as
-    sensor -> (f_BTHWC, time_gaps_BG): {'zf': (B, Y), 'z': {s: (B, Z_s)}} (the fused embedding and each
-    sensor's own autoencoder code). The feature-cube fast path computes each frame's features once."""
-    z = {s: self._ae(s).encode_features(*self._inputs(features, s), train=train) for s in self.sensors}
+    sensor -> (f_BTHWC, time_gaps_BG), or (f_BTHWC, time_gaps_BG, centre_BTC) for an autoencoder with
+    `centre_path` (the filled centre pixel of each frame): {'zf': (B, Y), 'z': {s: (B, Z_s)}} (the fused
+    embedding and each sensor's own autoencoder code). The feature-cube fast path computes each frame's
+    features once."""
+    z = {}
+    for s in self.sensors:
+      f, gaps, *centre = self._inputs(features, s)
+      z[s] = self._ae(s).encode_features(f, gaps, train=train, centre_BTC=centre[0] if centre else None)
     return {"zf": self._fuse(z, offsets_BK, train=train), "z": z}
 
   def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *,

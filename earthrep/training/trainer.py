@@ -20,6 +20,7 @@ model_config.json.
 """
 from __future__ import annotations
 
+import fnmatch
 import functools
 import json
 import math
@@ -194,12 +195,15 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
   return {prefix[:-1]: tree}
 
 
-# Config fields added after runs were written, with the value that means what those runs did.
-ADDED_FIELDS = {"config.optimizer.ema_decay": 0.0}
+# Config fields added after runs were written (fnmatch patterns of the flattened keys), with the value
+# that means what those runs did.
+ADDED_FIELDS = {"config.optimizer.ema_decay": 0.0, "config.model.centre_path": False,
+                "model.centre_path": False, "model.autoencoders.*.centre_path": False}
 
 
 def _same(key: str, old: Any, new: Any) -> bool:
-  if old == new or (old == "<unset>" and key in ADDED_FIELDS and new == ADDED_FIELDS[key]):
+  if old == new or (old == "<unset>" and any(fnmatch.fnmatchcase(key, pattern) and new == value
+                                              for pattern, value in ADDED_FIELDS.items())):
     return True
   leaf = key.rsplit(".", 1)[-1]
   if isinstance(old, str) and isinstance(new, str) and (
