@@ -278,20 +278,18 @@ def _series(merged: Merged, windows: Windows, sensor: str) -> tuple[np.ndarray, 
   return merged.s1_uhwc, windows.s1_frames, windows.gaps_s1
 
 
-def _filled_centres(series: np.ndarray, f_qk: np.ndarray, rows_q: np.ndarray, cols_q: np.ndarray, fill: str,
-                    mean_qc: np.ndarray | None) -> np.ndarray:
-  """The centre pixel of every (window, frame) crop after `preprocess.fill_patches` (q, k, c) float32: the
-  observed value, else the fill of its crop ("frame": the channel mean of the crop's valid values, 0 for a
-  hidden or empty crop) or of its window ("window": `mean_qc`, the window's channel means)."""
+def _filled_centres(series: np.ndarray, f_qk: np.ndarray, p_q: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+                    fill: str, mean_qc: np.ndarray | None) -> np.ndarray:
+  """The centre pixel (rows[p_q], cols[p_q]) of every (window, frame) crop after `preprocess.fill_patches`
+  (q, k, c) float32: the observed value, else the fill of its crop ("frame": the channel mean of the
+  crop's valid values, 0 for a hidden or empty crop) or of its window ("window": `mean_qc`)."""
   shown_qk = f_qk != HIDDEN
   safe_qk = np.where(shown_qk, f_qk, 0)
-  raw_qkc = np.where(shown_qk[..., None], series[safe_qk, rows_q[:, None], cols_q[:, None]], np.nan)
+  p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
+  raw_qkc = np.where(shown_qk[..., None], series[safe_qk, rows[p_qk], cols[p_qk]], np.nan)
   if fill == "frame":
-    uniq, inv = np.unique(np.stack([rows_q, cols_q], axis=1), axis=0, return_inverse=True)
-    sums_tpc = _box_at(np.where(np.isfinite(series), series, 0.0).astype(np.float64), uniq[:, 0], uniq[:, 1])
-    counts_tpc = _box_counts(series, uniq[:, 0], uniq[:, 1])
-    p_qk = np.broadcast_to(inv.reshape(-1)[:, None], f_qk.shape)
-    fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(counts_tpc[safe_qk, p_qk], 1)
+    sums_tpc = _box_at(np.where(np.isfinite(series), series, 0.0).astype(np.float64), rows, cols)
+    fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(_box_counts(series, rows, cols)[safe_qk, p_qk], 1)
     fill_qkc = np.where(shown_qk[..., None], fill_qkc, 0.0).astype(np.float32)
   else:
     fill_qkc = np.broadcast_to(mean_qc[:, None, :], raw_qkc.shape)
@@ -484,7 +482,7 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
     cache = _crop_features(engine, s, series, keys, rows, cols, n_pix) if len(keys) else None
     centre_qkc = None
     if model.autoencoders[model.sensors.index(s)].centre_path:
-      centre_qkc = _filled_centres(series, f_qk, rows[p_q], cols[p_q], fill, mean_qc)
+      centre_qkc = _filled_centres(series, f_qk, p_q, rows, cols, fill, mean_qc)
     prep[s] = (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps[w_q], centre_qkc)
   offsets_q = offsets_for(model, windows.delta_days[w_q])
   zf = []
