@@ -288,8 +288,8 @@ def _filled_centres(series: np.ndarray, f_qk: np.ndarray, p_q: np.ndarray, rows:
   p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
   raw_qkc = np.where(shown_qk[..., None], series[safe_qk, rows[p_qk], cols[p_qk]], np.nan)
   if fill == "frame":
-    sums_tpc = _box_at(np.where(np.isfinite(series), series, 0.0).astype(np.float64), rows, cols)
-    fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(_box_counts(series, rows, cols)[safe_qk, p_qk], 1)
+    sums_tpc, counts_tpc = _box_sums(series, rows, cols)
+    fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(counts_tpc[safe_qk, p_qk], 1)
     fill_qkc = np.where(shown_qk[..., None], fill_qkc, 0.0).astype(np.float32)
   else:
     fill_qkc = np.broadcast_to(mean_qc[:, None, :], raw_qkc.shape)
@@ -352,10 +352,10 @@ def _box_counts(series_thwc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> 
 
 
 def _box_sums(series_thwc: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Per date and crop centre, the 15x15 sums of valid values and counts of valid elements (t, p, c)."""
-  valid = ~np.isnan(series_thwc)
-  sums = _box_at(np.where(valid, series_thwc, 0.0).astype(np.float64), rows, cols)
-  return sums, _box_at(valid.astype(np.int64), rows, cols)
+  """Per date and crop centre, the 15x15 sums of finite values and counts of valid (non-NaN) elements
+  (t, p, c): the terms of `preprocess.fill_patches`' means (+-inf counts, adds 0)."""
+  sums = _box_at(np.where(np.isfinite(series_thwc), series_thwc, 0.0).astype(np.float64), rows, cols)
+  return sums, _box_counts(series_thwc, rows, cols)
 
 
 def _crop_features(engine: Engine, sensor: str, series: np.ndarray, keys: np.ndarray, rows: np.ndarray,
