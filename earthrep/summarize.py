@@ -3,11 +3,11 @@ r"""`python -m earthrep.summarize`: what trained stages reached, on the held-out
   python -m earthrep.summarize --run s1_ae=demo/runs/s1_ae --run s2_ae=demo/runs/s2_ae \
       --run fusion=demo/runs/fusion --out demo/training [--splits validation,test] [--floors FLOORS.json]
 
-Writes `OUT/summary.md` (centre-pixel MAE of each stage's best checkpoint per split and sensor; for a fusion
-model also with the S2 centre frame hidden, the any-day case; against a noise floor per sensor from
-`--floors`, a JSON {"s2": .., "s1": ..}; and what simple rules reach on the same samples: the training
-split's band means, the centre frame's mean, the mean of the 8 neighbours, the centre pixel linear in time)
-and `OUT/curves.png` (validation centre MAE against step), and prints the tables. See
+Writes `OUT/summary.md` (centre-pixel MAE of each stage's best checkpoint per split and sensor; for a model
+trained with hidden centre frames, every fusion model, also with the centre frame hidden, the any-day case;
+against a noise floor per sensor from `--floors`, a JSON {"s2": .., "s1": ..}; and what simple rules reach
+on the same samples: the training split's band means, the centre frame's mean, the mean of the 8
+neighbours, the centre pixel linear in time) and `OUT/curves.png` (validation centre MAE against step), and prints the tables. See
 `earthrep.training.summary`.
 """
 from __future__ import annotations

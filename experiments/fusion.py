@@ -11,10 +11,12 @@ answer for days without a clear S2 observation. Default: the reference's fusion 
 warm-up 30k steps, plateau factor 0.3 / patience 9) for GPU/TPU. `runlocal` trains the fusion layers on
 the demo's fused shards (700 steps at batch 16, lr 1e-3 with a cosine decay, about 9 minutes on a 2-core
 CPU). Measured by `make demo` on the seed-0 demo region with its `runlocal` stage-1 models (S2 AE with
-the centre path: 0.0113; S1 AE 0.0465): the validation metric (mean of the S1 and S2 centre-pixel MAE)
-falls from 0.0644 at step 0 (random heads) to 0.0300 (best, step 450); `earthrep.summarize` gives its
-validation centre MAE as S2 0.0160 (0.0290 with the S2 centre frame hidden; the centre pixel linear in
-time: 0.0156), S1 0.0388 (`benchmarks/results/demo_training.md`). The fused embedding (7 numbers) is
+the centre path, trained with hidden centre frames: 0.0141, 0.0229 hidden; S1 AE 0.0465): the validation
+metric (mean of the S1 and S2 centre-pixel MAE, a quarter of the samples hidden) falls from 0.0655 at
+step 0 (random heads) to 0.0290 (best, step 600); `earthrep.summarize` gives its validation centre MAE as
+S2 0.0156 (0.0230 with the S2 centre frame hidden; the centre pixel linear in time: 0.0156), S1 0.0393
+(`benchmarks/results/demo_training.md`). On an S2 AE trained without hidden frames the hidden case was
+0.0290: the frozen encoder bounds it (`benchmarks/results/demo_hidden_frames.md`). The fused embedding (7 numbers) is
 narrower than the S2 code it must carry (9), and the stage-1 decoders are frozen, so the fusion does not
 reconstruct better than the stage-1 models do (`benchmarks/results/demo_evening.md`,
 `benchmarks/results/s2_recipe.md`). `test` is tiny. A `_s2only` suffix

@@ -184,3 +184,12 @@ def test_resume_may_change_the_schedule_and_the_data_path_but_not_the_run(root, 
   after["model"]["autoencoders"]["s2"]["centre_path"] = True
   assert trainer.run_differences(before, after) == [
       "model.autoencoders.s2.centre_path: '<unset>' -> True"]
+  # ... and a stage-1 run written before stage 1 took loader options (it hid nothing)
+  stored["config"]["optimizer"]["ema_decay"] = config.optimizer.ema_decay
+  no_kwargs = json.loads(json.dumps(stored))
+  del no_kwargs["config"]["data_kwargs"]
+  assert stored["config"]["data_kwargs"] == {"hide_centre_prob": 0.0, "hide_sensor": "s2"}
+  assert trainer.run_differences(no_kwargs, stored) == []
+  stored["config"]["data_kwargs"]["hide_centre_prob"] = 0.25
+  assert trainer.run_differences(no_kwargs, stored) == [
+      "config.data_kwargs.hide_centre_prob: '<unset>' -> 0.25", "config.data_kwargs.hide_sensor: '<unset>' -> 's2'"]

@@ -62,6 +62,29 @@ def test_stage1_trains_checkpoints_and_restores_best(tiny_shards, tmp_path):
   assert len(scores) == 4 and all(np.isfinite(scores)) and min(scores) > 0, rule
 
 
+def test_stage1_learns_to_fill_a_hidden_centre_frame(tiny_shards, tmp_path):
+  """`data_kwargs.hide_centre_prob` in stage 1: the centre frame is hidden from the input, still scored, and
+  the summary reports the hidden case beside the visible one."""
+  from earthrep import data
+  from earthrep.training import summary, tasks
+  config = _test_config("s2", tiny_shards("s2"), total_steps=4, eval_every_steps=4)
+  config.data_kwargs.hide_centre_prob = 1.0
+  task = tasks.make_task(config)
+  batch = next(iter(data.make_loader(config.data_dir, "train", global_batch_size=4, seed=0, shuffle=False,
+                                     **train.task_data_kwargs(config, task))))
+  assert np.all(batch["s2_x"][:, 5] == 0) and np.all(batch["s2_gaps"] > 0)   # a frame-filled hidden frame
+  centre = batch["s2_target"][:, 5, 7, 7]
+  assert batch["s2_target_mask"][:, 5, 7, 7].all() and np.all(centre > 0)    # ... that the loss still scores
+  train.train_and_evaluate(config, tmp_path / "s2")
+  hidden = summary.stage_scores(tmp_path / "s2", "validation", hide_centre=True)
+  visible = summary.stage_scores(tmp_path / "s2", "validation")
+  assert hidden["count"] == visible["count"] > 0
+  assert np.isfinite(hidden["val/center"]) and hidden["val/center"] != visible["val/center"]
+  rows = summary.write_summary({"s2_ae": tmp_path / "s2"}, tmp_path / "summary", splits=("validation",))
+  assert [r["centre_frame"] for r in rows] == ["visible", "hidden"]
+  assert rows[1]["centre_mae"] == pytest.approx(hidden["val/center"])
+
+
 def test_predictor_values_by_hand():
   from earthrep.training import summary
   t, h, c = 11, 15, 2

@@ -1,8 +1,9 @@
 """What trained stages reached: validation curves and held-out scores of their best checkpoints.
 
 `stage_scores(workdir, split)` evaluates the best checkpoint of a stage workdir on a split of its own shards
-(the centre-pixel MAE the selection uses, per sensor for a fusion model; for a fusion model also with the
-S2 centre frame hidden, the any-day case). `predictor_scores(data_dir, splits, sensor)` is what simple rules
+(the centre-pixel MAE the selection uses, per sensor for a fusion model; for a model trained to fill a
+hidden centre frame, `data_kwargs.hide_centre_prob` > 0 (every fusion model), also with that sensor's centre
+frame hidden, the any-day case). `predictor_scores(data_dir, splits, sensor)` is what simple rules
 reach on the same samples (`predictor_values`), the scale a stage's figure is read against.
 `write_summary(workdirs, out)` writes `summary.md` (one row per stage and split, with an optional noise
 floor per sensor from `floors`, then the rules' table) and `curves.png` (validation centre MAE against
@@ -39,7 +40,7 @@ def stage_scores(workdir: str | Path, split: str, hide_centre: bool = False,
   eval_fn = jax.jit(task.eval_metrics)
   kwargs = trainer.task_data_kwargs(config, task)
   if hide_centre:
-    kwargs |= {"hide_centre_prob": 1.0, "hide_sensor": "s2"}
+    kwargs |= {"hide_centre_prob": 1.0, "hide_sensor": kwargs.get("hide_sensor", "s2")}
   elif "hide_centre_prob" in kwargs:
     kwargs["hide_centre_prob"] = 0.0
   sums, count = {}, 0.0
@@ -163,20 +164,22 @@ def write_summary(workdirs: Mapping[str, str | Path], out: str | Path, splits: S
     config, _ = _task(workdir)
     configs.append(config)
     history = trainer.read_history(workdir)
-    modes = [False, True] if config.get("task") == "fusion" else [False]
+    # hidden-centre rows for a model trained to fill a hidden centre frame (stage 2, and stage 1 when asked)
+    modes = [False, True] if config.get("data_kwargs", {}).get("hide_centre_prob", 0.0) > 0 else [False]
     for split in splits:
       for hidden in modes:
         scores = stage_scores(workdir, split, hide_centre=hidden)
         for sensor, mae in _centre_columns(scores).items():
           sensor = config.get("sensor", sensor) if sensor == "centre" else sensor
           rows.append(dict(stage=name, split=split, sensor=sensor, centre_mae=mae, samples=int(scores["count"]),
-                           s2_centre="hidden" if hidden else "visible", steps=history[-1]["step"] if history else 0,
+                           centre_frame="hidden" if hidden else "visible", steps=history[-1]["step"] if history else 0,
                            floor=(floors or {}).get(sensor, float("nan"))))
   lines = ["# Trained stages: centre-pixel MAE of the best checkpoint on held-out cubes", "",
-           "| stage | split | sensor | S2 centre frame | samples | steps | centre MAE | noise floor | MAE / floor |",
+           "| stage | split | sensor | centre frame | samples | steps | centre MAE | noise floor | MAE / floor |",
            "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['stage']} | {r['split']} | {r['sensor']} | {r['s2_centre']} | {r['samples']} | {r['steps']} | "
+    lines.append(f"| {r['stage']} | {r['split']} | {r['sensor']} | {r['centre_frame']} | {r['samples']} | "
+                 f"{r['steps']} | "
                  f"{r['centre_mae']:.4f} | {r['floor']:.4f} | {r['centre_mae'] / r['floor']:.1f} |")
   lines += ["", "The noise floor is the MAE of the observations against the simulator's noise-free values on the "
             "same held-out cubes (demo only; benchmarks/noise_floor.py). Curves: curves.png (validation centre MAE "

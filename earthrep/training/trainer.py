@@ -198,7 +198,10 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
 # Config fields added after runs were written (fnmatch patterns of the flattened keys), with the value
 # that means what those runs did.
 ADDED_FIELDS = {"config.optimizer.ema_decay": 0.0, "config.model.centre_path": False,
-                "model.centre_path": False, "model.autoencoders.*.centre_path": False}
+                "model.centre_path": False, "model.autoencoders.*.centre_path": False,
+                "config.data_kwargs.hide_centre_prob": 0.0}
+# Added fields that any value bridges for a run that hid nothing (stage 1 before data_kwargs existed).
+_ANY_IF_NOTHING_HIDDEN = ("config.data_kwargs.hide_sensor",)
 
 
 def _same(key: str, old: Any, new: Any) -> bool:
@@ -226,6 +229,8 @@ def run_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str
   order = lambda k: (k.startswith("config."), k not in ("kind", "sensor"), k)   # the model's fields first
   for key in sorted(set(old) | set(new), key=order):
     if key.startswith("config.") and key[len("config."):] in RESUMABLE_FIELDS:
+      continue
+    if key in _ANY_IF_NOTHING_HIDDEN and key not in old and not new.get("config.data_kwargs.hide_centre_prob"):
       continue
     if not _same(key, old.get(key, "<unset>"), new.get(key, "<unset>")):
       out.append(f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
