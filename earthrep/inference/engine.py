@@ -278,21 +278,11 @@ def _series(merged: Merged, windows: Windows, sensor: str) -> tuple[np.ndarray, 
   return merged.s1_uhwc, windows.s1_frames, windows.gaps_s1
 
 
-def _filled_centres(series: np.ndarray, f_qk: np.ndarray, p_q: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                    fill: str, mean_qc: np.ndarray | None) -> np.ndarray:
-  """The centre pixel (rows[p_q], cols[p_q]) of every (window, frame) crop after `preprocess.fill_patches`
-  (q, k, c) float32: the observed value, else the fill of its crop ("frame": the channel mean of the
-  crop's valid values, 0 for a hidden or empty crop) or of its window ("window": `mean_qc`)."""
-  shown_qk = f_qk != HIDDEN
-  safe_qk = np.where(shown_qk, f_qk, 0)
-  p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
+def _filled_centres(series: np.ndarray, safe_qk: np.ndarray, shown_qk: np.ndarray, p_qk: np.ndarray,
+                    rows: np.ndarray, cols: np.ndarray, fill_qkc: np.ndarray) -> np.ndarray:
+  """The centre pixel (rows[p_qk], cols[p_qk]) of every (window, frame) crop after `preprocess.fill_patches`
+  (q, k, c) float32: the observed value of a shown frame, else `fill_qkc`, its crop's or window's fill."""
   raw_qkc = np.where(shown_qk[..., None], series[safe_qk, rows[p_qk], cols[p_qk]], np.nan)
-  if fill == "frame":
-    sums_tpc, counts_tpc = _box_sums(series, rows, cols)
-    fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(counts_tpc[safe_qk, p_qk], 1)
-    fill_qkc = np.where(shown_qk[..., None], fill_qkc, 0.0).astype(np.float32)
-  else:
-    fill_qkc = np.broadcast_to(mean_qc[:, None, :], raw_qkc.shape)
   return np.where(np.isnan(raw_qkc), fill_qkc, raw_qkc).astype(np.float32)
 
 
@@ -465,9 +455,16 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
     shown_qk = f_qk != HIDDEN
     safe_qk = np.where(shown_qk, f_qk, 0)
     p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
-    hidden_feat = mean_qc = None
+    centre_path = model.autoencoders[model.sensors.index(s)].centre_path
+    hidden_feat = mean_qc = centre_qkc = None
     if fill == "frame":   # every crop is filled from itself: one feature per (date, pixel)
-      empty_tp = _box_counts(series, rows, cols).sum(axis=-1) == 0
+      if centre_path:     # the centre pixel's fill is its crop's channel mean (0 for a hidden frame)
+        sums_tpc, counts_tpc = _box_sums(series, rows, cols)
+        fill_qkc = sums_tpc[safe_qk, p_qk] / np.maximum(counts_tpc[safe_qk, p_qk], 1) * shown_qk[..., None]
+        centre_qkc = _filled_centres(series, safe_qk, shown_qk, p_qk, rows, cols, fill_qkc)
+      else:
+        counts_tpc = _box_counts(series, rows, cols)
+      empty_tp = counts_tpc.sum(axis=-1) == 0
       cached_qk = shown_qk & ~empty_tp[safe_qk, p_qk]
       if not cached_qk.all():   # hidden or fully clouded crops are all zeros after filling: one feature
         hidden_feat = engine.empty_feature(s)
@@ -478,11 +475,10 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
       count_qc = (counts_tpc[safe_qk, p_qk] * shown_qk[..., None]).sum(axis=1)
       mean_qc = (total_qc / np.maximum(count_qc, 1)).astype(np.float32)
       cached_qk = clean_tp[safe_qk, p_qk] & shown_qk
+      if centre_path:     # the centre pixel's fill is its window's mean (a hidden frame's too)
+        centre_qkc = _filled_centres(series, safe_qk, shown_qk, p_qk, rows, cols, mean_qc[:, None, :])
     keys = np.unique(safe_qk[cached_qk] * n_pix + p_qk[cached_qk])
     cache = _crop_features(engine, s, series, keys, rows, cols, n_pix) if len(keys) else None
-    centre_qkc = None
-    if model.autoencoders[model.sensors.index(s)].centre_path:
-      centre_qkc = _filled_centres(series, f_qk, p_q, rows, cols, fill, mean_qc)
     prep[s] = (series, f_qk, cached_qk, mean_qc, hidden_feat, keys, cache, gaps[w_q], centre_qkc)
   offsets_q = offsets_for(model, windows.delta_days[w_q])
   zf = []
