@@ -16,6 +16,9 @@ simulator at that day (`SiteSimulation.truth_s2`), per band and land cover. Meth
 * the same without S1 (`--model-s2only`, a fusion model trained on S2 alone);
 * interpolation of the model's own reconstructions at the two observed dates that bracket the gap
   (centre visible there), i.e. the model as a denoiser with linear interpolation in between.
+* with `--regressor`, the gap-aware pixel regressors of `earthrep.evaluation.gap_regressor` (S1 + S2,
+  and S2 alone), fitted on the shards' training cubes against observations: what the window's data allow a
+  learned method that sees the pixel's own series.
 A pixel-target is scored only where every method gives a value. Also reported:
 * the model's penalty for hiding the day: on target days that are clear acquisitions of the pixel (no gap
   imposed), the model's error with that day hidden minus its error with the day visible;
@@ -35,10 +38,12 @@ import numpy as np
 from data_prep import demo_world
 from earthrep import schema
 from earthrep.data import windows as W
+from earthrep.evaluation import gap_regressor as regressor_lib
 from earthrep.inference import anyday
 from earthrep.io import atomic
 from earthrep.io import cube as cube_lib
 
+REGRESSOR, REGRESSOR_S2 = "pixel regressor (S1+S2)", "pixel regressor without S1"
 COVERS = {"crop": ("crop",), "grassland": ("grass",), "forest": ("deciduous", "evergreen")}
 EVENT_DROP, EVENT_DAYS = 0.25, 5
 
@@ -94,8 +99,22 @@ def _events(sim, rows, cols, target: np.datetime64, gap: int) -> np.ndarray:
   return (drop >= EVENT_DROP).any(axis=0)
 
 
+def train_regressors(world: Path, shards: Path, seed: int) -> dict:
+  """The gap-aware pixel regressors (`earthrep.evaluation.gap_regressor`), with and without S1, fitted on
+  the shards' training cubes (observations only)."""
+  meta = json.loads((shards / schema.SHARD_METADATA).read_text())
+  cubes = [cube_lib.read_cube(world / "cubes" / c) for c in meta["splits"]["train"]["cube_ids"]]
+  out = {}
+  for with_s1, name in ((True, REGRESSOR), (False, REGRESSOR_S2)):
+    x, y = regressor_lib.training_set(cubes, regressor_lib.TRAIN_PIXELS, regressor_lib.TRAIN_TARGETS,
+                                      regressor_lib.MAX_GAP_DAYS, seed, with_s1=with_s1)
+    out[name] = regressor_lib.GapRegressor(with_s1, seed).fit(x, y)
+    print(f"{name}: fitted on {len(x)} samples", flush=True)
+  return out
+
+
 def run(world: Path, shards: Path, models: dict, gaps: list[int], n_targets: int, per_cover: int,
-        seed: int) -> list[dict]:
+        seed: int, regressors: dict | None = None) -> list[dict]:
   meta = json.loads((shards / schema.SHARD_METADATA).read_text())
   held_out = [c for split in ("validation", "test") for c in meta["splits"][split]["cube_ids"]]
   rng = np.random.default_rng(seed)
@@ -130,6 +149,7 @@ def run(world: Path, shards: Path, models: dict, gaps: list[int], n_targets: int
           at_obs = fusion.pixels(base, dwin, np.arange(2 * len(r)), np.tile(r, 2), np.tile(c, 2)).s2_reflectance
           own = _interp(base.s2_days[before], at_obs[:len(r)], base.s2_days[after], at_obs[len(r):], t_day)
           answers = {"linear interpolation": lin, **pred, "model at observed dates, interpolated": own}
+          answers |= {name: reg.predict(base, r, c, t_day) for name, reg in (regressors or {}).items()}
           if gap == 0:
             # penalty for hiding the day: only where the target is a clear acquisition of the pixel
             obs = np.flatnonzero(base.s2_days == t_day)
@@ -160,15 +180,18 @@ def report(rows: list[dict], header: str) -> str:
   event = np.array([r["event"] for r in rows])
   methods = [m for m in dict.fromkeys(method) if not m.startswith("fusion, day")]
   out = [header, "", "## MAE of the reconstructed reflectance at the target day (mean over 10 bands), by gap", "",
-         "| land cover | gap (days) | n | " + " | ".join(methods) + " | fusion / linear |",
-         "|---|---|---|" + "---|" * (len(methods) + 1)]
+         "| land cover | gap (days) | n | " + " | ".join(methods) + " | fusion / linear |"
+         + (" regressor / linear |" if REGRESSOR in methods else ""),
+         "|---|---|---|" + "---|" * (len(methods) + 1 + (REGRESSOR in methods))]
   for cv in [*COVERS, "all"]:
     for g in sorted(set(gap[gap > 0])):
       sel = (gap == g) & ((cover == cv) | (cv == "all"))
       maes = [err[sel & (method == m)].mean() if (sel & (method == m)).any() else np.nan for m in methods]
       n = int((sel & (method == methods[0])).sum())
-      ratio = maes[methods.index("fusion (S1+S2)")] / maes[0] if n else np.nan
-      out.append(f"| {cv} | {g} | {n} | " + " | ".join(f"{v:.4f}" for v in maes) + f" | {ratio:.2f} |")
+      ratios = [maes[methods.index(m)] / maes[0] if n else np.nan
+                for m in ("fusion (S1+S2)", REGRESSOR) if m in methods]
+      out.append(f"| {cv} | {g} | {n} | " + " | ".join(f"{v:.4f}" for v in maes) + " | "
+                 + " | ".join(f"{r:.2f}" for r in ratios) + " |")
   out += ["", "## Per band (all land covers, gaps of 30-90 days)", "",
           "| method | " + " | ".join(schema.S2_BANDS) + " | mean |", "|---|" + "---|" * (len(schema.S2_BANDS) + 1)]
   long_gap = gap >= 30
@@ -201,17 +224,22 @@ def main(argv=None) -> None:
   p.add_argument("--targets", type=int, default=10)
   p.add_argument("--pixels", type=int, default=40, help="pixels per land cover and cube")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--regressor", action="store_true",
+                 help="also score the gap-aware pixel regressors (earthrep/evaluation/gap_regressor.py), "
+                      "fitted on the shards' training cubes: what the window's data allow a learned method")
   p.add_argument("--out", default="")
   a = p.parse_args(argv)
   models = {"fusion (S1+S2)": anyday.AnyDay(*anyday.load_fusion(a.model))}
   if a.model_s2only:
     models["fusion without S1"] = anyday.AnyDay(*anyday.load_fusion(a.model_s2only))
   gaps = [int(g) for g in a.gaps.split(",")]
-  rows = run(Path(a.world), Path(a.shards), models, gaps, a.targets, a.pixels, a.seed)
+  regressors = train_regressors(Path(a.world), Path(a.shards), a.seed) if a.regressor else None
+  rows = run(Path(a.world), Path(a.shards), models, gaps, a.targets, a.pixels, a.seed, regressors)
   header = (f"# Any-day reconstruction, demo world {a.world} (held-out cubes), against the noise-free truth\n\n"
             f"Command: `python -m benchmarks.anyday_reconstruction --world {a.world} --shards {a.shards} --model "
             f"{a.model}" + (f" --model-s2only {a.model_s2only}" if a.model_s2only else "") +
-            f" --gaps {a.gaps} --targets {a.targets} --pixels {a.pixels} --seed {a.seed}`")
+            f" --gaps {a.gaps} --targets {a.targets} --pixels {a.pixels} --seed {a.seed}"
+            + (" --regressor" if a.regressor else "") + "`")
   text = report(rows, header)
   print(text)
   if a.out:

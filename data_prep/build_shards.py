@@ -16,6 +16,11 @@ with a seeded RNG per cube (`SeedSequence([seed, cube_index])`) where the refere
   the fused ones: the reference's S2-only branch crashes (contradiction 6) and its intended default
   arguments are the fused ones. Fused records whose matched S1 dates span >= 200 days are kept, as in
   the reference (contradiction 9), and counted in the metadata.
+* gap windows (earthrep's, `--gap-share`; the reference has none): a share of the fused / s2 candidates
+  becomes the any-day query with its answer kept: the centre date, the 5 last dates before a gap of
+  G ~ U[0, --max-gap-days] days around it and the 5 first after (`gap_windows`), so that a model learns
+  to answer for a day whose nearest observations are weeks away, as in `benchmarks.anyday_reconstruction`.
+  Their draws follow all of the reference sampling's, so --gap-share 0 cuts exactly the reference's records.
 * s1: the native S1 acquisitions in that same range; windows of 40 consecutive acquisitions, stride 40;
   15x15 crops, stride 15; 11 of 40, sorted.
 Filters: centre pixel of the centre frame valid in some channel of 0..9 (S2, fused) or of either S1
@@ -78,6 +83,8 @@ class Sampling:
   max_span_days: int = schema.MAX_SPAN_DAYS
   min_valid_fraction: float = preprocess.TRAIN_MIN_VALID_FRACTION
   s1_margin_days: int = S1_MARGIN_DAYS
+  gap_share: float = 0.0      # fused / s2: share of the candidates turned into gap windows (earthrep's)
+  max_gap_days: int = 90
 
 
 SAMPLING = {"fused": Sampling(20, 17, 9), "s2": Sampling(20, 17, 9), "s1": Sampling(40, 40, 15)}
@@ -142,6 +149,31 @@ def candidates(n_t: int, h: int, w: int, sampling: Sampling, rng: np.random.Gene
   return t0[:, None] + chosen, y0, x0
 
 
+def gap_windows(frames: np.ndarray, days: np.ndarray, share: float, max_gap_days: int,
+                rng: np.random.Generator) -> np.ndarray:
+  """Turns a `share` of the candidates into gap windows (the any-day query with its answer kept).
+
+  A chosen candidate keeps its centre date c; a gap G ~ U[0, max_gap_days] is drawn and its frames become
+  the 5 last dates of the whole series before day(c) - G/2, c, and the 5 first after day(c) + G/2, so the
+  centre's nearest neighbours lie up to G/2 + the revisit away, as in `benchmarks.anyday_reconstruction`
+  (where every observation within G/2 of the target is masked). A candidate without 5 such dates on either
+  side keeps its frames. Draws (for every candidate, after `candidates`' own): one uniform for the choice,
+  one for G."""
+  frames = frames.copy()
+  pick = rng.random(len(frames)) < share
+  half = rng.random(len(frames)) * max_gap_days / 2
+  c = frames[:, schema.CENTRE_FRAME]
+  first_after = np.searchsorted(days, days[c] + half, side="right")
+  last_before = np.searchsorted(days, days[c] - half, side="left") - 1
+  context = schema.CENTRE_FRAME
+  ok = pick & (last_before - (context - 1) >= 0) & (first_after + context - 1 <= len(days) - 1)
+  steps = np.arange(context)
+  gapped = np.concatenate([last_before[:, None] - steps[::-1], c[:, None], first_after[:, None] + steps],
+                          axis=1)
+  frames[ok] = gapped[ok]
+  return frames
+
+
 def cut(series_thwc: np.ndarray, frames_bt: np.ndarray, y0_b: np.ndarray, x0_b: np.ndarray,
         patch_px: int = schema.PATCH_PX) -> np.ndarray:
   """(b, t, p, p, c) patches at the given frames and top-left corners."""
@@ -151,14 +183,22 @@ def cut(series_thwc: np.ndarray, frames_bt: np.ndarray, y0_b: np.ndarray, x0_b: 
   return series_thwc[frames_bt[:, :, None, None], yy, xx]
 
 
-def sampling_for(modality: str, spatial_stride: int | None = None, time_stride: int | None = None) -> Sampling:
-  """The reference sampling of `modality`, with optional denser (or sparser) strides."""
+def sampling_for(modality: str, spatial_stride: int | None = None, time_stride: int | None = None,
+                 gap_share: float = 0.0, max_gap_days: int = 90) -> Sampling:
+  """The reference sampling of `modality`, with optional denser (or sparser) strides and gap windows."""
   sampling = SAMPLING[modality]
   for name, value in (("spatial_stride", spatial_stride), ("time_stride", time_stride)):
     if value is not None and value < 1:
       raise BuildError(f"--{name.replace('_', '-')} {value}: expected a positive number of pixels / dates")
+  if not 0.0 <= gap_share <= 1.0:
+    raise BuildError(f"--gap-share {gap_share}: expected a share in [0, 1]")
+  if gap_share > 0 and modality == "s1":
+    raise BuildError("--gap-share: gap windows are cut around S2 dates (fused and s2 modalities), not s1")
+  if max_gap_days < 0:
+    raise BuildError(f"--max-gap-days {max_gap_days}: expected a non-negative number of days")
   return dataclasses.replace(sampling, spatial_stride=spatial_stride or sampling.spatial_stride,
-                             time_stride=time_stride or sampling.time_stride)
+                             time_stride=time_stride or sampling.time_stride, gap_share=float(gap_share),
+                             max_gap_days=int(max_gap_days))
 
 
 def cube_records(cube: schema.SiteCube, modality: str, cube_index: int, seed: int,
@@ -190,6 +230,8 @@ def cube_records(cube: schema.SiteCube, modality: str, cube_index: int, seed: in
   driver_days = schema.datetime_to_days(driver_time)
   h, w = driver.shape[1:3]
   frames, y0, x0 = candidates(len(driver), h, w, sampling, rng)
+  if sampling.gap_share > 0:
+    frames = gap_windows(frames, driver_days, sampling.gap_share, sampling.max_gap_days, rng)
   stats["candidates"] = stats.get("candidates", 0) + len(frames)
   for start in range(0, len(frames), _CHUNK):
     f_b, y_b, x_b = frames[start:start + _CHUNK], y0[start:start + _CHUNK], x0[start:start + _CHUNK]
@@ -229,7 +271,8 @@ _code_version = provenance.code_version
 
 
 def check_arguments(modality: str, seed: int, split_fractions: Sequence[float], records_per_shard: int,
-                    delta_rule: str, spatial_stride: int | None, time_stride: int | None) -> Sampling:
+                    delta_rule: str, spatial_stride: int | None, time_stride: int | None,
+                    gap_share: float = 0.0, max_gap_days: int = 90) -> Sampling:
   """Raises BuildError naming the argument unless every one is valid; returns the sampling."""
   if modality not in schema.MODALITIES:
     raise BuildError(f"--modality {modality!r}: expected one of {schema.MODALITIES}")
@@ -240,7 +283,7 @@ def check_arguments(modality: str, seed: int, split_fractions: Sequence[float], 
   if seed < 0:
     raise BuildError(f"--seed {seed}: expected a non-negative integer (numpy seeds)")
   split_cubes(3, seed, split_fractions)   # raises on bad fractions
-  return sampling_for(modality, spatial_stride, time_stride)
+  return sampling_for(modality, spatial_stride, time_stride, gap_share, max_gap_days)
 
 
 def parse_fractions(text: str | None) -> Sequence[float]:
@@ -272,15 +315,17 @@ def _read(path: Path) -> schema.SiteCube:
 def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int = 42,
                  split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
                  records_per_shard: int = DEFAULT_RECORDS_PER_SHARD, delta_rule: str = "calendar",
-                 spatial_stride: int | None = None, time_stride: int | None = None, overwrite: bool = False,
-                 command: str | None = None) -> dict[str, Any]:
+                 spatial_stride: int | None = None, time_stride: int | None = None, gap_share: float = 0.0,
+                 max_gap_days: int = 90, overwrite: bool = False, command: str | None = None
+                 ) -> dict[str, Any]:
   """Builds the shard directory `out` from the site cubes under `cubes`; returns the metadata.
 
   `spatial_stride` / `time_stride` override the reference's crop and window strides (None keeps them;
-  the demo samples its few cubes more densely). An existing build is replaced only with `overwrite`;
+  the demo samples its few cubes more densely); `gap_share` > 0 turns that share of the candidates into gap
+  windows (`gap_windows`). An existing build is replaced only with `overwrite`;
   `command` (the command line, as typed) is recorded in the provenance."""
   sampling = check_arguments(modality, seed, split_fractions, records_per_shard, delta_rule, spatial_stride,
-                             time_stride)
+                             time_stride, gap_share, max_gap_days)
   out = Path(out)
   check_output(out, {"--cubes": cubes}, overwrite)
   paths = cube_lib.find_cubes(cubes)
@@ -342,7 +387,9 @@ def build_shards(cubes: str | Path, out: str | Path, modality: str, *, seed: int
         "warnings": {"count": len(warnings), "messages": warnings},
         "sampling": dataclasses.asdict(sampling) | {
             "rng": "numpy default_rng(SeedSequence([seed, cube_index])); 11-of-window subsets drawn for every "
-                   "candidate in (t, y, x) order before filtering",
+                   "candidate in (t, y, x) order before filtering" + (
+                       "; then, per candidate, the gap-window choice and gap (gap_windows)"
+                       if sampling.gap_share > 0 else ""),
             "s2_modality": "same sampling (and draws) as fused" if modality == "s2" else None},
         "split_scheme": {"fractions": [float(x) for x in split_fractions], "seed": seed,
                          "rule": "random.Random(seed): sample(range(n), int(f_train n)) -> train; rest shuffled,"
@@ -373,6 +420,11 @@ def _main(argv: Sequence[str] | None) -> int:
                       help="crop stride in pixels (default: the reference's, 9 for s2/fused, 15 for s1)")
   parser.add_argument("--time-stride", type=int, default=None,
                       help="window stride in dates (default: the reference's, 17 for s2/fused, 40 for s1)")
+  parser.add_argument("--gap-share", type=float, default=0.0,
+                      help="fused/s2: share of the windows cut as gap windows (5 dates before and 5 after a "
+                           "gap of up to --max-gap-days around the centre date; earthrep's any-day training; "
+                           "default 0, the reference's sampling)")
+  parser.add_argument("--max-gap-days", type=int, default=90)
   parser.add_argument("--delta-rule", choices=preprocess.DELTA_DAYS_RULES, default="calendar",
                       help="fused delta_days: calendar days (inference rule) or the reference's training "
                            "rule (floored nanosecond difference)")
@@ -382,7 +434,8 @@ def _main(argv: Sequence[str] | None) -> int:
   meta = build_shards(args.cubes, args.out, args.modality, seed=args.seed,
                       split_fractions=parse_fractions(args.split_fractions),
                       records_per_shard=args.records_per_shard, delta_rule=args.delta_rule,
-                      spatial_stride=args.spatial_stride, time_stride=args.time_stride, overwrite=args.overwrite,
+                      spatial_stride=args.spatial_stride, time_stride=args.time_stride,
+                      gap_share=args.gap_share, max_gap_days=args.max_gap_days, overwrite=args.overwrite,
                       command=provenance.command_line("data_prep.build_shards",
                                                       sys.argv[1:] if argv is None else argv))
   print(f"{args.out}: {args.modality} records " +

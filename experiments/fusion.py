@@ -21,7 +21,15 @@ narrower than the S2 code it must carry (9), and the stage-1 decoders are frozen
 reconstruct better than the stage-1 models do (`benchmarks/results/demo_evening.md`,
 `benchmarks/results/s2_recipe.md`). `test` is tiny. A `_s2only` suffix
 (`:runlocal_s2only`) fuses the S2 autoencoder alone: the "without S1" comparison of
-`benchmarks/anyday_reconstruction.py`.
+`benchmarks/anyday_reconstruction.py`. earthrep's any-day options, off in every variant:
+`--config.model.centre_head=True` (the centre pixel answered by a head on the embedding),
+`--config.model.pixel_token=True` (each sensor's centre pixel series as one more fuser token), trained on
+shards cut with `--gap-share` (gap windows): on the demo they take the any-day MAE from 1.42 / 1.20 / 1.03 /
+1.07x linear interpolation on crop (10 / 30 / 60 / 90-day gaps) to 1.31 / 1.14 / 0.97 / 0.97x, and grassland
+from 1.71 / 1.20 / 1.10 / 1.08x to 1.53 / 1.09 / 1.11 / 1.10x in the same 700 steps; 2100 steps on gap
+shards cut at 3 px (`--config.total_steps=2100 --config.optimizer.decay_steps=2100`, 31 minutes) reach
+1.28 / 1.04 / 0.88 / 0.87x and 1.60 / 1.08 / 0.98 / 0.93x, where a gap-aware pixel regressor reaches
+0.45-0.83x (`benchmarks/results/anyday_gaps.md`).
 """
 from earthrep.training import configs
 

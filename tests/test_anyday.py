@@ -57,3 +57,57 @@ def test_s2_only_model(setup):
   model, params = random_fusion(sensor_names=("s2",))
   res = anyday.embed_days(model, params, cube, 8, 8, W.daily_days(merged)[::30])
   assert res.valid.any() and np.isfinite(res.embedding[res.valid]).all()
+
+
+def test_a_centre_head_gives_the_days_reflectance(setup):
+  """A fusion model with `centre_head` answers with its head: the decoder's centre pixel at a zero output
+  layer, moved by the head otherwise; the embedding does not depend on the head."""
+  _, _, cube, merged = setup
+  model, params = random_fusion(centre_head=True)
+  days = W.daily_days(merged)[::40]
+  plain = model.clone(centre_head=False)
+  plain_params = {k: v for k, v in params.items() if not k.startswith("centre_")}
+  zero = {k: ({**v, "out": {n: np.zeros_like(a) for n, a in v["out"].items()}} if k.startswith("centre_")
+              else v) for k, v in params.items()}
+  res, base, at_zero = (anyday.embed_days(m, p, cube, 8, 8, days)
+                        for m, p in ((model, params), (plain, plain_params), (model, zero)))
+  assert res.valid.any()
+  np.testing.assert_array_equal(res.embedding, base.embedding)
+  np.testing.assert_allclose(at_zero.s2_reflectance, base.s2_reflectance, atol=1e-6)
+  assert np.nanmax(np.abs(res.s2_reflectance - base.s2_reflectance)) > 1e-3
+
+
+def test_gap_regressor_starts_from_the_linear_interpolation_of_the_bracketing_observations():
+  """earthrep.evaluation.gap_regressor: samples come from observations only; the regressor predicts a
+  correction to the linear interpolation between the pixel's last clear observation before the day and
+  its first after it (what benchmarks/anyday_reconstruction.py scores as linear interpolation)."""
+  from earthrep.evaluation import gap_regressor as reg_lib
+  cube = make_site_cube(0, size=SIZE, days=200)
+  x, y = reg_lib.training_set([cube], n_pixels=20, n_targets=10, max_gap=60, seed=0)
+  assert len(x) > 20 and x.shape[1] == 10 * 11 + 10 + 3 + 12 and np.isfinite(y).all()
+  reg = reg_lib.GapRegressor(max_iter=20).fit(x, y)
+  merged = W.merge(cube)
+  rows, cols = np.arange(4, 12), np.arange(4, 12)
+  day = int(merged.s2_days[len(merged.s2_days) // 2])
+  clear = np.isfinite(merged.s2_thwc[:, rows, cols]).all(axis=-1) & (merged.s2_days != day)[:, None]
+  pred = reg.predict(merged, rows, cols, day)
+
+  class Zero:
+    def predict(self, x):
+      return np.zeros(len(x))
+  reg.models = [Zero()] * 10
+  lin = reg.predict(merged, rows, cols, day)
+  checked = 0
+  for i, (r, c) in enumerate(zip(rows, cols)):
+    before = np.flatnonzero(clear[:, i] & (merged.s2_days < day))
+    after = np.flatnonzero(clear[:, i] & (merged.s2_days > day))
+    if len(before) == 0 or len(after) == 0:
+      assert np.isnan(pred[i]).all() and np.isnan(lin[i]).all()
+      continue
+    a, b = before[-1], after[0]
+    w = (day - merged.s2_days[a]) / (merged.s2_days[b] - merged.s2_days[a])
+    expected = merged.s2_thwc[a, r, c] + w * (merged.s2_thwc[b, r, c] - merged.s2_thwc[a, r, c])
+    np.testing.assert_allclose(lin[i], expected, atol=1e-6)
+    assert np.isfinite(pred[i]).all()
+    checked += 1
+  assert checked >= 4

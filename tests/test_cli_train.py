@@ -184,6 +184,15 @@ def test_resume_may_change_the_schedule_and_the_data_path_but_not_the_run(root, 
   after["model"]["autoencoders"]["s2"]["centre_path"] = True
   assert trainer.run_differences(before, after) == [
       "model.autoencoders.s2.centre_path: '<unset>' -> True"]
+  # ... and a fusion run written before the fusion's centre heads existed
+  no_head = {"model": {"bottleneck": 7}, "config": {"model": {"bottleneck": 7}, "loss": {"reference": False}}}
+  head = json.loads(json.dumps(no_head))
+  head["model"]["centre_head"] = head["config"]["model"]["centre_head"] = False
+  head["config"]["loss"]["centre_weight"] = 1.0
+  assert trainer.run_differences(no_head, head) == []
+  head["model"]["centre_head"] = head["config"]["model"]["centre_head"] = True
+  assert trainer.run_differences(no_head, head) == ["model.centre_head: '<unset>' -> True",
+                                                    "config.model.centre_head: '<unset>' -> True"]
   # ... and a stage-1 run written before stage 1 took loader options (it hid nothing)
   stored["config"]["optimizer"]["ema_decay"] = config.optimizer.ema_decay
   no_kwargs = json.loads(json.dumps(stored))

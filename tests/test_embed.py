@@ -102,12 +102,15 @@ def test_fast_equals_naive(engine, window_engine, mode, fill, share):
   assert np.nanmax(np.abs(naive - fast)) <= 1e-5
 
 
-@pytest.mark.parametrize("mode,fill", [("clear", "frame"), ("daily", "frame"), ("daily", "window")])
-def test_fast_equals_naive_with_the_centre_path(mode, fill):
+@pytest.mark.parametrize("mode,fill,pixel_token", [("clear", "frame", False), ("daily", "frame", False),
+                                                   ("daily", "window", False), ("daily", "frame", True),
+                                                   ("clear", "window", True)])
+def test_fast_equals_naive_with_the_centre_path(mode, fill, pixel_token):
   """Autoencoders with `centre_path`: the fast path hands each crop's filled centre pixel to the encoder
-  (hidden and cloudy frames included) and gives what the full forward gives."""
-  engine = engine_lib.Engine(*random_fusion(fill=fill, centre_path=True), batch=64,
-                             share_px_per_crop=ALWAYS_SHARE)
+  (hidden and cloudy frames included) and gives what the full forward gives; so it does to a fusion with
+  pixel tokens (`FusionModel.pixel_token`), here without centre paths: the series are then the tokens' only."""
+  engine = engine_lib.Engine(*random_fusion(fill=fill, centre_path=not pixel_token, pixel_token=pixel_token),
+                             batch=64, share_px_per_crop=ALWAYS_SHARE)
   win, local, t = _case(mode)
   naive = engine_lib.naive_tile(engine, local, win, t, t)
   fast = engine_lib.fast_tile(engine, local, win, t, t)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from earthrep.interop import torch_import
+from earthrep.training import losses
 from earthrep.models import blocks
 from earthrep.models.params import abstract_params, example_inputs
 from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config, frame_positions
@@ -272,3 +273,63 @@ def test_centre_path_reads_and_writes_the_centre_pixel():
     model.apply({"params": params}, feats, gaps, train=False, method=TransformerAE.encode_features)
   rebuilt = ae_from_config(ae_config(model))
   assert rebuilt == model
+
+
+def test_fusion_centre_head_corrects_the_decoders_centre_pixel_from_zf():
+  """`centre_head`: an answer for the centre pixel of the centre frame per sensor, equal to the decoder's at
+  init (zero output layer) and moved by zf only; the loss scores it (`<sensor>/head`) and selects on it."""
+  aes = tuple(TransformerAE(c, b, 3, **TINY) for c, b in ((2, 2), (10, 9)))
+  model = FusionModel(aes, ("s1", "s2"), bottleneck=7, d_model=16, heads=2, ffn=16, layers=1, centre_head=True)
+  (x1, g1), (x2, g2) = _inputs(2, 2), _inputs(10, 2, seed=1)
+  inputs, offsets = {"s1": (x1, g1), "s2": (x2, g2)}, jnp.array([[0, 3], [0, 0]], jnp.int32)
+  init = model.init({"params": jax.random.key(0)}, inputs, offsets, train=False)["params"]
+  out = model.apply({"params": init}, inputs, offsets, train=False)
+  for s in ("s1", "s2"):
+    assert not np.any(init[f"centre_{s}"]["out"]["kernel"])
+    np.testing.assert_array_equal(out["centre"][s], out["recon"][s][:, 5, 7, 7])
+  params = _random_params(model)
+  out = model.apply({"params": params}, inputs, offsets, train=False)
+  assert float(jnp.max(jnp.abs(out["centre"]["s2"] - out["recon"]["s2"][:, 5, 7, 7]))) > 1e-3
+  no_head = {k: v for k, v in params.items() if not k.startswith("centre_")}
+  plain = FusionModel(aes, ("s1", "s2"), bottleneck=7, d_model=16, heads=2, ffn=16, layers=1)
+  base = plain.apply({"params": no_head}, inputs, offsets, train=False)
+  assert "centre" not in base
+  np.testing.assert_array_equal(base["zf"], out["zf"])
+  np.testing.assert_array_equal(base["recon"]["s2"], out["recon"]["s2"])
+  assert fusion_from_config(fusion_config(model)) == model
+  target = {s: x for s, (x, _) in inputs.items()}
+  mask = {s: jnp.ones(x.shape, bool).at[0, 5, 7, 7, 0].set(False) for s, x in target.items()}
+  got = losses.fusion_loss(out["recon"], target, mask, centre=out["centre"], centre_weight=2.0)
+  plain_loss = losses.fusion_loss(out["recon"], target, mask)
+  for s in ("s1", "s2"):
+    err = np.abs(np.asarray(out["centre"][s]) - np.asarray(target[s][:, 5, 7, 7]))
+    valid = np.asarray(mask[s][:, 5, 7, 7])
+    np.testing.assert_allclose(got[f"{s}/head"], err[valid].mean(), rtol=1e-5)
+    np.testing.assert_allclose(got[f"{s}/total"], plain_loss[f"{s}/total"] + 2.0 * got[f"{s}/head"], rtol=1e-5)
+  np.testing.assert_allclose(got["val_metric"], (got["s1/head"] + got["s2/head"]) / 2, rtol=1e-6)
+  with pytest.raises(ValueError, match="centre heads"):
+    losses.fusion_loss(out["recon"], target, mask, centre={"s3": out["centre"]["s2"]})
+
+
+def test_fusion_pixel_tokens_read_each_sensors_centre_series():
+  """`pixel_token`: one more fuser token per sensor from its centre pixel's filled series and the frames'
+  days; embed, the full forward and embed_from_features agree, and the latter needs the series."""
+  aes = tuple(TransformerAE(c, b, 3, **TINY) for c, b in ((2, 2), (10, 9)))
+  model = FusionModel(aes, ("s1", "s2"), bottleneck=7, d_model=16, heads=2, ffn=16, layers=1, pixel_token=True)
+  (x1, g1), (x2, g2) = _inputs(2, 2), _inputs(10, 2, seed=1)
+  inputs, offsets = {"s1": (x1, g1), "s2": (x2, g2)}, jnp.array([[0, 3], [0, 0]], jnp.int32)
+  params = _random_params(model)
+  out = model.apply({"params": params}, inputs, offsets, train=False)
+  zf = model.apply({"params": params}, inputs, offsets, method=FusionModel.embed)
+  np.testing.assert_allclose(zf, out["zf"], atol=1e-6)
+  feats = {s: (aes[i].apply({"params": params[f"ae_{s}"]}, x, train=False, method=TransformerAE.conv_features),
+               g, x[:, :, 7, 7, :]) for i, (s, (x, g)) in enumerate(inputs.items())}
+  fast = model.apply({"params": params}, feats, offsets, method=FusionModel.embed_from_features)
+  np.testing.assert_allclose(fast["zf"], zf, atol=1e-5)
+  with pytest.raises(ValueError, match="centre_BTC"):
+    model.apply({"params": params}, {s: f[:2] for s, f in feats.items()}, offsets,
+                method=FusionModel.embed_from_features)
+  other = {**params, "pixel_s2": jax.tree.map(lambda a: a * 1.5, params["pixel_s2"])}
+  moved = model.apply({"params": other}, inputs, offsets, method=FusionModel.embed)
+  assert float(jnp.max(jnp.abs(moved - zf))) > 1e-4
+  assert fusion_from_config(fusion_config(model)) == model

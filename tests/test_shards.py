@@ -224,6 +224,47 @@ def test_denser_strides_cut_more_patches_and_are_recorded(built, world, tmp_path
     bs.sampling_for("s2", spatial_stride=0)
 
 
+def test_gap_windows_open_a_gap_around_the_kept_centre_date():
+  """`gap_windows`: a chosen candidate keeps its centre date; its other frames become the 5 last dates
+  before day(c) - G/2 and the 5 first after day(c) + G/2 (G drawn per candidate after the choice); one
+  without 5 such dates on a side, and every one at share 0, keeps its frames."""
+  rng = np.random.default_rng(0)
+  days = np.cumsum(rng.integers(2, 15, 80))
+  frames, _, _ = bs.candidates(80, 15, 15, bs.SAMPLING["fused"], rng)
+  out = bs.gap_windows(frames, days, 0.6, 90, np.random.default_rng(1))
+  draws = np.random.default_rng(1)
+  pick = draws.random(len(frames)) < 0.6
+  half = draws.random(len(frames)) * 45
+  np.testing.assert_array_equal(out[:, 5], frames[:, 5])
+  changed = (out != frames).any(axis=1)
+  assert not changed[~pick].any() and changed.sum() > 0.3 * len(frames)
+  for f, h in zip(out[changed], half[changed]):
+    c = days[f[5]]
+    assert (np.diff(f[:5]) == 1).all() and (np.diff(f[6:]) == 1).all()
+    assert days[f[4]] < c - h <= days[f[4] + 1] and days[f[6] - 1] <= c + h < days[f[6]]
+  kept = pick & ~changed   # chosen, but too close to the series' ends
+  assert all(np.searchsorted(days, days[f[5]] - h, "left") < 5 or
+             np.searchsorted(days, days[f[5]] + h, "right") + 5 > len(days)
+             for f, h in zip(frames[kept], half[kept]))
+  np.testing.assert_array_equal(bs.gap_windows(frames, days, 0.0, 90, np.random.default_rng(1)), frames)
+  with pytest.raises(ValueError, match="gap-share 1.5"):
+    bs.sampling_for("fused", gap_share=1.5)
+  with pytest.raises(ValueError, match="not s1"):
+    bs.sampling_for("s1", gap_share=0.5)
+
+
+def test_gap_share_is_recorded_and_widens_the_centre_gap(built, world, tmp_path):
+  gapped = bs.build_shards(world, tmp_path / "gap", "fused", records_per_shard=64, gap_share=1.0,
+                           max_gap_days=60)
+  reference = json.loads((built("fused") / schema.SHARD_METADATA).read_text())
+  assert reference["sampling"]["gap_share"] == 0.0 and gapped["sampling"]["gap_share"] == 1.0
+  assert gapped["sampling"]["max_gap_days"] == 60 and "gap_windows" in gapped["sampling"]["rng"]
+  def centre_gap(recs):
+    days = np.stack([r["s2_days"] for r in sum(recs.values(), [])]).astype(np.int64)
+    return np.mean(days[:, 6] - days[:, 4])
+  assert centre_gap(all_records(tmp_path / "gap")) > centre_gap(all_records(built("fused"))) + 5
+
+
 def test_reference_training_delta_rule(built):
   calendar, training = all_records(built("fused")), all_records(built("fused", delta_rule="reference_training"))
   # S1 at 05:10, S2 at 10:30 UTC: |floor((S1 - S2) / day)| is the calendar difference + 1 when S1 is on

@@ -233,7 +233,10 @@ class Engine:
 
 def _full(model, p, inputs, offsets):
   out = model.apply({"params": p}, inputs, offsets, train=False)
-  recon = out["recon"]["s2"][:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX, :]
+  if "centre" in out:   # a centre head answers for the centre pixel and day (FusionModel.centre_head)
+    recon = out["centre"]["s2"]
+  else:
+    recon = out["recon"]["s2"][:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX, :]
   return {"zf": out["zf"], **{f"z_{s}": z for s, z in out["z"].items()}, "s2_reflectance": recon}
 
 
@@ -265,7 +268,8 @@ def _crop_encode(ae, sensor, holes, host_gather, p, fill, prep, maps=None, slot=
 
 def _tail(model, embedding, p, feats, gaps, offsets, centres=None):
   """The engine's embedding from precomputed per-frame conv features (`FusionModel.embed_from_features`);
-  `centres` holds the filled centre pixels of the sensors whose autoencoder has a centre path."""
+  `centres` holds the filled centre pixels of the sensors whose autoencoder has a centre path (every sensor
+  for a fusion with pixel tokens)."""
   centres = centres or {}
   features = {s: (feats[s], gaps[s], *([centres[s]] if s in centres else [])) for s in model.sensors}
   out = model.apply({"params": p}, features, offsets, method=FusionModel.embed_from_features)
@@ -455,7 +459,8 @@ def fast_tile(engine: Engine, merged: Merged, windows: Windows, ty: int, tx: int
     shown_qk = f_qk != HIDDEN
     safe_qk = np.where(shown_qk, f_qk, 0)
     p_qk = np.broadcast_to(p_q[:, None], f_qk.shape)
-    centre_path = model.autoencoders[model.sensors.index(s)].centre_path
+    # the centre pixel series feeds the autoencoder's centre path and the fusion's pixel token
+    centre_path = model.autoencoders[model.sensors.index(s)].centre_path or model.pixel_token
     hidden_feat = mean_qc = centre_qkc = None
     if fill == "frame":   # every crop is filled from itself: one feature per (date, pixel)
       if centre_path:     # the centre pixel's fill is its crop's channel mean (0 for a hidden frame)

@@ -160,7 +160,8 @@ def rules_for(model: Model) -> tuple[list[Rule], tuple[str, ...]]:
 
 def random_fusion(variant: str = "test", sensor_names: tuple[str, ...] = ("s1", "s2"), seed: int = 0,
                   fill: str = "frame", channels: dict[str, int] | None = None,
-                  centre_path: bool = False) -> tuple[FusionModel, Any]:
+                  centre_path: bool = False, centre_head: bool = False, pixel_token: bool = False
+                  ) -> tuple[FusionModel, Any]:
   """(FusionModel, random params) at the widths of a config variant (`training.configs`: "" full size,
   "runlocal", "test"), the registry's sensor shapes (`channels` overrides band counts) and `random_params`:
   a model directory's worth of weights without training, for tests and benchmarks."""
@@ -168,7 +169,8 @@ def random_fusion(variant: str = "test", sensor_names: tuple[str, ...] = ("s1", 
   aes = tuple(TransformerAE(**{**sensors.get(s).stage1, **({"channels": channels[s]} if channels and s in channels
                                                               else {})},
                             **configs.WIDTHS[variant], fill=fill, centre_path=centre_path) for s in sensor_names)
-  model = FusionModel(aes, tuple(sensor_names), **configs.FUSION_SIZES[variant])
+  model = FusionModel(aes, tuple(sensor_names), **{**configs.FUSION_SIZES[variant], "centre_head": centre_head,
+                                                   "pixel_token": pixel_token})
   return model, random_params(model, seed)
 
 

@@ -279,6 +279,20 @@ class TransformerLayer(nn.Module):
     return norm2(x_BLD + drop(ff(x_BLD)))
 
 
+class Mlp(nn.Module):
+  """Dense(hidden) -> SiLU -> Dense(out) (earthrep's heads; no reference counterpart); `zero_out` starts
+  the output layer at zero (a head that corrects another answer starts from it)."""
+  hidden: int
+  out: int
+  zero_out: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    init = nn.initializers.zeros if self.zero_out else nn.initializers.lecun_normal()
+    hidden = silu(nn.Dense(self.hidden, name="hidden")(x))
+    return nn.Dense(self.out, kernel_init=init, name="out")(hidden)
+
+
 class TransformerStack(nn.Module):
   """`layers` independent TransformerLayers (`layer_0`, ...), no final norm; attends over axis 1."""
   layers: int

@@ -9,6 +9,16 @@ transformer layers mix the tokens, their mean is layer-normed and reduced to the
 reconstruct the patches. The reference's `bottleneck_expander` (7 -> 128) is never used in its forward
 pass and has no counterpart here. Intermediates are sown into `'intermediates'`.
 
+earthrep's options (off in the reference and the full-size configs):
+* `centre_head`: a small MLP per sensor adds a correction from zf to the decoder's centre pixel of the
+  centre frame (output layer zero at init): the model's answer for that pixel and day. Through the frozen
+  decoders alone that answer is bounded by what a 7 -> Z linear map into a code made for whole patches
+  can express.
+* `pixel_token`: each sensor's centre pixel series (its filled input at the centre pixel in every frame,
+  and the frames' days relative to the centre) enters the fuser as one more token per sensor, so the
+  embedding sees its own pixel's observations beside the frozen codes
+  (`benchmarks/results/anyday_gaps.md`).
+
 Dimension letters: B batch, K sensors (tokens), D fusion d_model, Y fused bottleneck, Z sensor bottleneck,
 T frames, G = T - 1 gaps, H/W rows/columns, C channels.
 """
@@ -23,7 +33,7 @@ import jax.numpy as jnp
 
 from earthrep.models import blocks
 from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config
-from earthrep.schema import FUSION_MAX_POSITION
+from earthrep.schema import CENTRE_FRAME, CENTRE_PX, FUSION_MAX_POSITION
 
 SensorInputs = Mapping[str, tuple[jax.Array, jax.Array]]   # sensor -> (x_BTHWC, time_gaps_BG)
 
@@ -39,6 +49,8 @@ class FusionModel(nn.Module):
   layers: int = 2
   max_position: int = FUSION_MAX_POSITION
   dropout: float = 0.1
+  centre_head: bool = False
+  pixel_token: bool = False
 
   def setup(self):
     if len(self.autoencoders) != len(self.sensors):
@@ -47,6 +59,10 @@ class FusionModel(nn.Module):
       setattr(self, f"ae_{sensor}", ae.clone())
       setattr(self, f"proj_{sensor}", nn.Dense(self.d_model))
       setattr(self, f"head_{sensor}", nn.Dense(ae.bottleneck))
+      if self.centre_head:
+        setattr(self, f"centre_{sensor}", blocks.Mlp(self.d_model, ae.channels, zero_out=True))
+      if self.pixel_token:
+        setattr(self, f"pixel_{sensor}", blocks.Mlp(self.d_model, self.d_model))
     self.type_embed = nn.Embed(len(self.sensors), self.d_model)
     self.pair_pos = nn.Embed(self.max_position + 1, self.d_model)
     self.fuser = blocks.TransformerStack(self.layers, self.d_model, self.heads, self.ffn, self.dropout,
@@ -78,10 +94,27 @@ class FusionModel(nn.Module):
       raise KeyError(f"inputs lack sensor {sensor!r}; got {sorted(inputs)}")
     return inputs[sensor]
 
-  def _fuse(self, z: dict[str, jax.Array], offsets_BK: jax.Array, *, train: bool) -> jax.Array:
+  def _pixel_tokens(self, pixels: Mapping[str, tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
+    """One token per sensor from its centre pixel's filled series (B, T, C) and the frames' days relative
+    to the centre frame (from the gaps (B, G), in 100-day units)."""
+    tokens = []
+    for s in self.sensors:
+      centre_BTC, gaps_BG = pixels[s]
+      days_BT = jnp.concatenate([jnp.zeros_like(gaps_BG[:, :1]), jnp.cumsum(gaps_BG, axis=1)], axis=1)
+      rel_BT = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1]).astype(jnp.float32) / 100.0
+      flat = jnp.concatenate([centre_BTC.reshape(centre_BTC.shape[0], -1), rel_BT], axis=1)
+      tokens.append(getattr(self, f"pixel_{s}")(flat))
+    return tokens
+
+  def _fuse(self, z: dict[str, jax.Array], offsets_BK: jax.Array, *, train: bool,
+            pixels: Mapping[str, tuple[jax.Array, jax.Array]] | None = None) -> jax.Array:
     tokens_BKD = jnp.stack([getattr(self, f"proj_{s}")(z[s]) for s in self.sensors], axis=1)
     tokens_BKD = (tokens_BKD + self.type_embed(jnp.arange(len(self.sensors)))
                   + self.pair_pos(jnp.asarray(offsets_BK, jnp.int32)) / math.sqrt(self.d_model))
+    if self.pixel_token:
+      if pixels is None:
+        raise ValueError("this fusion model has pixel tokens: it needs each sensor's centre pixel series")
+      tokens_BKD = jnp.concatenate([tokens_BKD, jnp.stack(self._pixel_tokens(pixels), axis=1)], axis=1)
     self.sow("intermediates", "fuser_in", tokens_BKD)
     tokens_BKD = self.fuser(tokens_BKD, train=train)
     self.sow("intermediates", "fuser_out", tokens_BKD)
@@ -91,12 +124,18 @@ class FusionModel(nn.Module):
     self.sow("intermediates", "pooled_normed", normed_BD)
     return blocks.softplus(self.bottleneck_reducer(normed_BD))
 
+  def _pixels(self, inputs: SensorInputs) -> dict[str, tuple[jax.Array, jax.Array]] | None:
+    if not self.pixel_token:
+      return None
+    return {s: (x[:, :, CENTRE_PX, CENTRE_PX, :], gaps) for s, (x, gaps) in
+            ((s, self._inputs(inputs, s)) for s in self.sensors)}
+
   def _codes(self, inputs: SensorInputs, *, train: bool) -> dict[str, jax.Array]:
     return {s: self._ae(s).encode(*self._inputs(inputs, s), train=train) for s in self.sensors}
 
   def embed(self, inputs: SensorInputs, offsets_BK: jax.Array, *, train: bool = False) -> jax.Array:
     """The fused embedding zf (B, Y) without running the decoders."""
-    return self._fuse(self._codes(inputs, train=train), offsets_BK, train=train)
+    return self._fuse(self._codes(inputs, train=train), offsets_BK, train=train, pixels=self._pixels(inputs))
 
   def embed_from_features(self, features: SensorInputs, offsets_BK: jax.Array, *,
                           train: bool = False) -> dict[str, Any]:
@@ -105,23 +144,35 @@ class FusionModel(nn.Module):
     `centre_path` (the filled centre pixel of each frame): {'zf': (B, Y), 'z': {s: (B, Z_s)}} (the fused
     embedding and each sensor's own autoencoder code). The feature-cube fast path computes each frame's
     features once."""
-    z = {}
+    z, pixels = {}, {}
     for s in self.sensors:
       f, gaps, *centre = self._inputs(features, s)
-      z[s] = self._ae(s).encode_features(f, gaps, train=train, centre_BTC=centre[0] if centre else None)
-    return {"zf": self._fuse(z, offsets_BK, train=train), "z": z}
+      ae = self._ae(s)
+      if (ae.centre_path or self.pixel_token) and not centre:
+        raise ValueError(f"{s}: this model reads the centre pixel (centre path or pixel token): give "
+                         "(f_BTHWC, time_gaps_BG, centre_BTC)")
+      z[s] = ae.encode_features(f, gaps, train=train, centre_BTC=centre[0] if ae.centre_path else None)
+      if self.pixel_token:
+        pixels[s] = (centre[0], gaps)
+    return {"zf": self._fuse(z, offsets_BK, train=train, pixels=pixels or None), "z": z}
 
   def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
                train: bool) -> dict[str, Any]:
-    """Returns {'zf': (B, Y), 'z': {s: (B, Z_s)}, 'b': {s: (B, Z_s)}, 'recon': {s: (B, T, H, W, C_s)}}."""
+    """Returns {'zf': (B, Y), 'z': {s: (B, Z_s)}, 'b': {s: (B, Z_s)}, 'recon': {s: (B, T, H, W, C_s)}},
+    and with `centre_head` 'centre': {s: (B, C_s)}, the head's centre pixel of the centre frame."""
     z = self._codes(inputs, train=train)
-    zf_BY = self._fuse(z, offsets_BK, train=train)
+    zf_BY = self._fuse(z, offsets_BK, train=train, pixels=self._pixels(inputs))
     b = {s: getattr(self, f"head_{s}")(zf_BY) for s in self.sensors}
     recon = {s: self._ae(s).decode(b[s], self._inputs(inputs, s)[1], train=train) for s in self.sensors}
-    return {"zf": zf_BY, "z": z, "b": b, "recon": recon}
+    out = {"zf": zf_BY, "z": z, "b": b, "recon": recon}
+    if self.centre_head:   # the decoder's centre pixel of the centre frame, corrected from zf
+      at = (slice(None), CENTRE_FRAME, CENTRE_PX, CENTRE_PX)
+      out["centre"] = {s: recon[s][at] + getattr(self, f"centre_{s}")(zf_BY) for s in self.sensors}
+    return out
 
 
-FUSION_FIELDS = ("sensors", "bottleneck", "d_model", "heads", "ffn", "layers", "max_position", "dropout")
+FUSION_FIELDS = ("sensors", "bottleneck", "d_model", "heads", "ffn", "layers", "max_position", "dropout",
+                 "centre_head", "pixel_token")
 
 
 def fusion_from_config(cfg: Mapping[str, Any]) -> FusionModel:

@@ -148,8 +148,10 @@ def fusion_config(arg: str | None, sensor_names: tuple[str, ...] = ("s1", "s2")
     setattr(c, f"{s}_workdir", f"demo/runs/{s}_ae")
   c.data_dir = "demo/shards/fused"
   c.freeze_encoders = True       # the paper: only the fusion layers are trained (released code: False)
-  c.model = ml_collections.ConfigDict(FUSION_SIZES[variant])
-  c.loss = ml_collections.ConfigDict(dict(reference=False))   # per-sensor weights: earthrep.sensors
+  # earthrep's any-day options (FusionModel; benchmarks/results/anyday_gaps.md), off in every variant
+  c.model = ml_collections.ConfigDict(FUSION_SIZES[variant] | dict(centre_head=False, pixel_token=False))
+  # Per-sensor weights: earthrep.sensors; centre_weight scales the centre heads' term (model.centre_head).
+  c.loss = ml_collections.ConfigDict(dict(reference=False, centre_weight=1.0))
   c.optimizer = optimizer_config("fusion", variant)
   # Any-day training: hide the centre S2 frame of this fraction of samples from the input while keeping
   # it as the loss target (0 reproduces the reference's training).

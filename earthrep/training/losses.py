@@ -232,19 +232,36 @@ def context_aware_loss(output_BTHWC: jax.Array, target_BTHWC: jax.Array, mask_BT
   return dict(total=total, **terms, center=center.astype(jnp.float32))
 
 
+def centre_mae(centre_BC: jax.Array, target_BTHWC: jax.Array, mask_BTHWC: jax.Array) -> jax.Array:
+  """MAE of a (B, C) answer for the centre pixel of the centre frame over its valid target values (0 if
+  none)."""
+  at = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
+  valid_BC = mask_BTHWC[at]
+  abs_BC = jnp.abs(jnp.where(valid_BC, centre_BC - target_BTHWC[at], 0.0))
+  count = jnp.sum(valid_BC)
+  return jnp.where(count > 0, jnp.sum(abs_BC) / jnp.maximum(count, 1), 0.0).astype(jnp.float32)
+
+
 def fusion_loss(recon: Mapping[str, jax.Array], target: Mapping[str, jax.Array], mask: Mapping[str, jax.Array],
-                *, weights: Mapping[str, Mapping[str, float]] | None = None,
-                reference: bool = False) -> dict[str, jax.Array]:
+                *, weights: Mapping[str, Mapping[str, float]] | None = None, reference: bool = False,
+                centre: Mapping[str, jax.Array] | None = None, centre_weight: float = 1.0
+                ) -> dict[str, jax.Array]:
   """Stage-2 objective: mean over sensors of `context_aware_loss` totals, plus the selection metric.
 
   Each mapping goes sensor name -> `(B, T, H, W, C_sensor)`. A sensor's weights come from `weights`, else
   its registered `fusion_loss` (`earthrep.sensors`). Returns `total` (0.5 S1 + 0.5 S2 for the two
   reference sensors), `val_metric` (mean of the per-sensor `center`) and `<sensor>/<term>` for every term.
+  `centre` (sensor -> (B, C), a fusion model's centre heads) adds `centre_weight` times the heads' MAE at
+  the centre pixel of the centre frame (`<sensor>/head`) to each sensor's term, and the heads' MAE replaces
+  the decoder's `center` in `val_metric`: the head is then the model's answer for that pixel.
   """
   names = list(recon)
   if not names or set(names) != set(target) or set(names) != set(mask):
     raise ValueError(f"recon {sorted(recon)}, target {sorted(target)} and mask {sorted(mask)} must name the "
                      "same, non-empty set of sensors")
+  centre = dict(centre or {})
+  if set(centre) - set(names):
+    raise ValueError(f"centre heads given for sensors {sorted(set(centre) - set(names))} not in {names}")
   weights = dict(weights or {})
   unknown = set(weights) - set(names)
   if unknown:
@@ -254,7 +271,10 @@ def fusion_loss(recon: Mapping[str, jax.Array], target: Mapping[str, jax.Array],
     sensor_weights = weights[sensor] if sensor in weights else sensors.get(sensor).fusion_loss
     terms = context_aware_loss(recon[sensor], target[sensor], mask[sensor], reference=reference,
                                **sensor_weights)
+    if sensor in centre:
+      terms["head"] = centre_mae(centre[sensor], target[sensor], mask[sensor])
+      terms["total"] = terms["total"] + centre_weight * terms["head"]
     out.update({f"{sensor}/{name}": value for name, value in terms.items()})
   out["total"] = sum(out[f"{s}/total"] for s in names) / len(names)
-  out["val_metric"] = sum(out[f"{s}/center"] for s in names) / len(names)
+  out["val_metric"] = sum(out[f"{s}/head" if s in centre else f"{s}/center"] for s in names) / len(names)
   return out

@@ -125,9 +125,12 @@ def predictor_scores(data_dir: str | Path, splits: Sequence[str], sensor: str, b
 
 
 def _centre_columns(scores: Mapping[str, float]) -> dict[str, float]:
-  """sensor -> centre MAE from eval metrics (AE: val/center; fusion: val/<sensor>/center)."""
+  """sensor -> centre MAE from eval metrics (AE: val/center; fusion: val/<sensor>/center, or the centre
+  head's val/<sensor>/head where the model has one: its answer for the centre pixel)."""
   out = {k.split("/")[1]: v for k, v in scores.items() if k.startswith("val/") and k.endswith("/center")
          and k.count("/") == 2}
+  out |= {k.split("/")[1]: v for k, v in scores.items() if k.startswith("val/") and k.endswith("/head")
+          and k.count("/") == 2}
   if not out and "val/center" in scores:
     out["centre"] = scores["val/center"]
   return out

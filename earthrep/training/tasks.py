@@ -125,6 +125,7 @@ class FusionTask:
                        + ", ".join(f"{s} {w}" for s, w in self.workdirs.items()) + ")") from None
     self.freeze = config.freeze_encoders
     self.reference_loss = config.loss.reference
+    self.centre_weight = float(config.loss.get("centre_weight", 1.0))
     self.loss_weights = {s: dict(sensors.get(s).fusion_loss) for s in self.sensors}
     self.channels = {s: int(ae_cfgs[s]["channels"]) for s in self.sensors}
 
@@ -175,22 +176,21 @@ class FusionTask:
     out = self._apply(params, batch, train=True, rng=rng)
     terms = losses.fusion_loss(out["recon"], {s: batch[f"{s}_target"] for s in self.sensors},
                                {s: batch[f"{s}_target_mask"] for s in self.sensors},
-                               weights=self.loss_weights, reference=self.reference_loss)
+                               weights=self.loss_weights, reference=self.reference_loss,
+                               centre=out.get("centre"), centre_weight=self.centre_weight)
     return terms["total"], {f"loss/{k}": v for k, v in terms.items()}
 
   def eval_metrics(self, params, batch):
     out = self._apply(params, batch, train=False)
 
-    def one(*args):
-      recon, target, mask = ({s: a[None] for s, a in zip(self.sensors, group)} for group in
-                             (args[:len(self.sensors)], args[len(self.sensors):2 * len(self.sensors)],
-                              args[2 * len(self.sensors):]))
-      return losses.fusion_loss(recon, target, mask, weights=self.loss_weights,
-                                reference=self.reference_loss)
+    def one(recon, target, mask, centre):
+      first = lambda d: {s: a[None] for s, a in d.items()}   # noqa: E731
+      return losses.fusion_loss(first(recon), first(target), first(mask), weights=self.loss_weights,
+                                reference=self.reference_loss, centre=first(centre),
+                                centre_weight=self.centre_weight)
 
-    per_sample = jax.vmap(one)(*[out["recon"][s] for s in self.sensors],
-                               *[batch[f"{s}_target"] for s in self.sensors],
-                               *[batch[f"{s}_target_mask"] for s in self.sensors])
+    per_sample = jax.vmap(one)(out["recon"], {s: batch[f"{s}_target"] for s in self.sensors},
+                               {s: batch[f"{s}_target_mask"] for s in self.sensors}, out.get("centre", {}))
     return {f"val/{k}": v for k, v in per_sample.items() if k != "val_metric"} | {
         "val_metric": per_sample["val_metric"]}
 
