@@ -68,7 +68,7 @@ class PixelFeatures:
     da, db = days[before[-1]], days[after[0]]
     w = (target_day - da) / max(db - da, 1)
     lin = series[before[-1]] + w * (series[after[0]] - series[before[-1]])
-    doy = 2 * np.pi * ((target_day + 4) % 365.25) / 365.25
+    doy = 2 * np.pi * ((target_day + 4) % 365.25) / 365.25   # the season's phase (its origin is arbitrary)
     feats = [obs.reshape(-1), lin, [np.sin(doy), np.cos(doy), (db - da) / 100.0]]
     if self.with_s1:
       feats.append(self._s1(target_day, r, c) + self._s1(int(da), r, c) + self._s1(int(db), r, c))

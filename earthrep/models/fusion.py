@@ -127,8 +127,11 @@ class FusionModel(nn.Module):
   def _pixels(self, inputs: SensorInputs) -> dict[str, tuple[jax.Array, jax.Array]] | None:
     if not self.pixel_token:
       return None
-    return {s: (x[:, :, CENTRE_PX, CENTRE_PX, :], gaps) for s, (x, gaps) in
-            ((s, self._inputs(inputs, s)) for s in self.sensors)}
+    pixels = {}
+    for s in self.sensors:
+      x_BTHWC, gaps_BG = self._inputs(inputs, s)
+      pixels[s] = (x_BTHWC[:, :, CENTRE_PX, CENTRE_PX, :], gaps_BG)
+    return pixels
 
   def _codes(self, inputs: SensorInputs, *, train: bool) -> dict[str, jax.Array]:
     return {s: self._ae(s).encode(*self._inputs(inputs, s), train=train) for s in self.sensors}
@@ -141,7 +144,7 @@ class FusionModel(nn.Module):
                           train: bool = False) -> dict[str, Any]:
     """The embeddings from each sensor's per-frame conv features (`TransformerAE.conv_features`), given as
     sensor -> (f_BTHWC, time_gaps_BG), or (f_BTHWC, time_gaps_BG, centre_BTC) for an autoencoder with
-    `centre_path` (the filled centre pixel of each frame): {'zf': (B, Y), 'z': {s: (B, Z_s)}} (the fused
+    `centre_path` and for every sensor of a model with `pixel_token` (the filled centre pixel of each frame): {'zf': (B, Y), 'z': {s: (B, Z_s)}} (the fused
     embedding and each sensor's own autoencoder code). The feature-cube fast path computes each frame's
     features once."""
     z, pixels = {}, {}

@@ -220,10 +220,7 @@ def context_aware_loss(output_BTHWC: jax.Array, target_BTHWC: jax.Array, mask_BT
   if reference:
     center = jnp.mean(jnp.abs(output_BTHWC[centre] - target_BTHWC[centre]))
   else:
-    valid_BC = mask_BTHWC[centre]
-    abs_BC = jnp.abs(jnp.where(valid_BC, output_BTHWC[centre] - target_BTHWC[centre], 0.0))
-    count = jnp.sum(valid_BC)
-    center = jnp.where(count > 0, jnp.sum(abs_BC) / jnp.maximum(count, 1), 0.0)
+    center = centre_mae(output_BTHWC[centre], target_BTHWC, mask_BTHWC)
 
   total = zero
   for name, lam in (("mae", lambda_mae), ("ssim", lambda_ssim), ("sam", lambda_sam)):
