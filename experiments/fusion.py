@@ -28,7 +28,8 @@ shards cut with `--gap-share` (gap windows): on the demo they take the any-day M
 1.07x linear interpolation on crop (10 / 30 / 60 / 90-day gaps) to 1.31 / 1.14 / 0.97 / 0.97x, and grassland
 from 1.71 / 1.20 / 1.10 / 1.08x to 1.53 / 1.09 / 1.11 / 1.10x in the same 700 steps; 2100 steps on gap
 shards cut at 3 px (`--config.total_steps=2100 --config.optimizer.decay_steps=2100`, 31 minutes) reach
-1.28 / 1.04 / 0.88 / 0.87x and 1.60 / 1.08 / 0.98 / 0.93x, where a gap-aware pixel regressor reaches
+1.28 / 1.04 / 0.88 / 0.87x and 1.60 / 1.08 / 0.98 / 0.93x (without S1: 1.41 / 1.17 / 1.02 / 1.05x and
+1.70 / 1.13 / 0.99 / 1.03x), where a gap-aware pixel regressor reaches
 0.45-0.83x (`benchmarks/results/anyday_gaps.md`).
 """
 from earthrep.training import configs
