@@ -58,7 +58,7 @@ from data_prep.shard_files import (  # noqa: F401 (SplitWriter, write_records, i
     DEFAULT_RECORDS_PER_SHARD, BuildError, SplitWriter, check_output, is_shard_dir, write_records,
     write_split_records)
 from earthrep import schema
-from earthrep.data import preprocess
+from earthrep.data import preprocess, windows
 from earthrep.errors import run_tool
 from earthrep.io import atomic
 from earthrep.io import cube as cube_lib
@@ -163,14 +163,9 @@ def gap_windows(frames: np.ndarray, days: np.ndarray, share: float, max_gap_days
   pick = rng.random(len(frames)) < share
   half = rng.random(len(frames)) * max_gap_days / 2
   c = frames[:, schema.CENTRE_FRAME]
-  first_after = np.searchsorted(days, days[c] + half, side="right")
-  last_before = np.searchsorted(days, days[c] - half, side="left") - 1
-  context = schema.CENTRE_FRAME
-  ok = pick & (last_before - (context - 1) >= 0) & (first_after + context - 1 <= len(days) - 1)
-  steps = np.arange(context)
-  gapped = np.concatenate([last_before[:, None] - steps[::-1], c[:, None], first_after[:, None] + steps],
-                          axis=1)
-  frames[ok] = gapped[ok]
+  before, after, valid = windows.context_dates(days, days[c] - half, days[c] + half)
+  ok = pick & valid
+  frames[ok] = np.concatenate([before, c[:, None], after], axis=1)[ok]
   return frames
 
 

@@ -154,16 +154,24 @@ def as_days(days: Sequence | np.ndarray) -> np.ndarray:
   return np.asarray(days, "datetime64[D]").astype(np.int64).reshape(-1)
 
 
+def context_dates(days: np.ndarray, before: np.ndarray, after: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Indices into the sorted `days` of the CONTEXT last dates strictly before each `before` (n, 5) and the
+  CONTEXT first strictly after each `after` (n, 5), and (n,) whether both exist (the any-day rule; the gap
+  windows of `data_prep.build_shards` take it with before < after)."""
+  last_before = np.searchsorted(days, before, side="left") - 1
+  first_after = np.searchsorted(days, after, side="right")
+  valid = (last_before - (CONTEXT - 1) >= 0) & (first_after + CONTEXT - 1 <= len(days) - 1)
+  steps = np.arange(CONTEXT)
+  return last_before[:, None] - steps[::-1], first_after[:, None] + steps, valid
+
+
 def anyday_windows(merged: Merged, days: Sequence | np.ndarray) -> Windows:
   """Windows centred on arbitrary days with the centre frame hidden (see the module docstring)."""
   days_n = as_days(days)
   s2_days = merged.s2_days
   t, n = len(s2_days), len(days_n)
-  first_after = np.searchsorted(s2_days, days_n, side="right")     # merged dates strictly after d start here
-  last_before = np.searchsorted(s2_days, days_n, side="left") - 1  # merged dates strictly before d end here
-  valid = (last_before - (CONTEXT - 1) >= 0) & (first_after + CONTEXT - 1 <= t - 1)
-  before = last_before[:, None] + np.arange(-CONTEXT + 1, 1)[None, :]
-  after = first_after[:, None] + np.arange(CONTEXT)[None, :]
+  before, after, valid = context_dates(s2_days, days_n, days_n)
   s2_frames = np.concatenate([before, np.full((n, 1), HIDDEN), after], axis=1)
   s2_frames = np.where(valid[:, None], s2_frames, HIDDEN)
   safe = np.clip(s2_frames, 0, max(t - 1, 0))

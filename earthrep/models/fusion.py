@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from earthrep.models import blocks
-from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config
+from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config, frame_positions
 from earthrep.schema import CENTRE_FRAME, CENTRE_PX, FUSION_MAX_POSITION
 
 SensorInputs = Mapping[str, tuple[jax.Array, jax.Array]]   # sensor -> (x_BTHWC, time_gaps_BG)
@@ -100,7 +100,7 @@ class FusionModel(nn.Module):
     tokens = []
     for s in self.sensors:
       centre_BTC, gaps_BG = pixels[s]
-      days_BT = jnp.concatenate([jnp.zeros_like(gaps_BG[:, :1]), jnp.cumsum(gaps_BG, axis=1)], axis=1)
+      days_BT = frame_positions(gaps_BG)
       rel_BT = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1]).astype(jnp.float32) / 100.0
       flat = jnp.concatenate([centre_BTC.reshape(centre_BTC.shape[0], -1), rel_BT], axis=1)
       tokens.append(getattr(self, f"pixel_{s}")(flat))

@@ -182,8 +182,7 @@ def write_summary(workdirs: Mapping[str, str | Path], out: str | Path, splits: S
            "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['stage']} | {r['split']} | {r['sensor']} | {r['centre_frame']} | {r['samples']} | "
-                 f"{r['steps']} | "
-                 f"{r['centre_mae']:.4f} | {r['floor']:.4f} | {r['centre_mae'] / r['floor']:.1f} |")
+                 f"{r['steps']} | {r['centre_mae']:.4f} | {r['floor']:.4f} | {r['centre_mae'] / r['floor']:.1f} |")
   lines += ["", "The noise floor is the MAE of the observations against the simulator's noise-free values on the "
             "same held-out cubes (demo only; benchmarks/noise_floor.py). Curves: curves.png (validation centre MAE "
             "against step, from each workdir's history.json)."]
