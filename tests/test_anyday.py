@@ -77,6 +77,34 @@ def test_a_centre_head_gives_the_days_reflectance(setup):
   assert np.nanmax(np.abs(res.s2_reflectance - base.s2_reflectance)) > 1e-3
 
 
+def test_an_anchored_centre_head_starts_from_the_interpolation_of_the_pixels_clear_observations(setup):
+  """`centre_anchor`: at a zero output layer the day's reflectance is, per band, the linear interpolation
+  at the day of the pixel's valid values in the window's 10 context dates (computed here from the merged
+  series); the trained head moves it and the embedding does not depend on the head."""
+  _, _, cube, merged = setup
+  model, params = random_fusion(centre_head=True, centre_anchor=True)
+  days = W.daily_days(merged)[::25]
+  zero = {k: ({**v, "out": {n: np.zeros_like(a) for n, a in v["out"].items()}} if k.startswith("centre_")
+              else v) for k, v in params.items()}
+  res, at_zero = (anyday.embed_days(model, p, cube, 8, 8, days) for p in (params, zero))
+  plain = anyday.embed_days(model.clone(centre_head=False, centre_anchor=False),
+                            {k: v for k, v in params.items() if not k.startswith("centre_")}, cube, 8, 8, days)
+  win = W.anyday_windows(merged, days)
+  checked = 0
+  for i in np.flatnonzero(at_zero.valid):
+    frames = win.s2_frames[i][win.s2_frames[i] != W.HIDDEN]
+    values, rel = merged.s2_thwc[frames, 8, 8], (merged.s2_days[frames] - days[i]).astype(float)
+    for c in range(10):
+      ok = np.isfinite(values[:, c])
+      if ok[rel < 0].any() and ok[rel > 0].any():   # both sides observed: plain linear interpolation
+        np.testing.assert_allclose(at_zero.s2_reflectance[i, c], np.interp(0.0, rel[ok], values[ok, c]),
+                                   rtol=1e-5, atol=1e-6)
+        checked += 1
+  assert checked >= 20
+  np.testing.assert_array_equal(res.embedding, plain.embedding)
+  assert np.nanmax(np.abs(res.s2_reflectance - at_zero.s2_reflectance)) > 1e-3
+
+
 def test_gap_regressor_starts_from_the_linear_interpolation_of_the_bracketing_observations():
   """earthrep.evaluation.gap_regressor: samples come from observations only; the regressor predicts a
   correction to the linear interpolation between the pixel's last clear observation before the day and

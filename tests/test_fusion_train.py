@@ -65,15 +65,17 @@ def test_frozen_fusion_keeps_stage1_params_bitwise_and_holds_no_state_for_them(
   assert cfg["kind"] == "fusion" and set(cfg["model"]["autoencoders"]) == {"s1", "s2"}
 
 
-def test_fusion_with_centre_heads_trains_them_and_selects_on_them(stage1_workdirs, tiny_shards, tmp_path):
+@pytest.mark.parametrize("anchor", [False, True])
+def test_fusion_with_centre_heads_trains_them_and_selects_on_them(stage1_workdirs, tiny_shards, tmp_path, anchor):
   config = _fusion_config(stage1_workdirs, tiny_shards("fused"))
   config.model.centre_head = True
+  config.model.centre_anchor = anchor   # anchored: the loader's masks reach the heads
   out = train.train_and_evaluate(config, tmp_path / "fusion")
   for s in stage1_workdirs:
     assert all(jax.tree.leaves(out["trainable"][f"centre_{s}"]))
     assert np.abs(np.asarray(out["params"][f"centre_{s}"]["out"]["kernel"])).max() > 0   # moved from zero
   cfg = json.loads((tmp_path / "fusion" / "model_config.json").read_text())
-  assert cfg["model"]["centre_head"] is True
+  assert cfg["model"]["centre_head"] is True and cfg["model"]["centre_anchor"] is anchor
   metrics = out["history"][-1]
   assert {"val/s1/head", "val/s2/head"} <= set(metrics)
   np.testing.assert_allclose(metrics["val_metric"], (metrics["val/s1/head"] + metrics["val/s2/head"]) / 2,

@@ -14,7 +14,7 @@ from earthrep.training import losses
 from earthrep.models import blocks
 from earthrep.models.params import abstract_params, example_inputs
 from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config, frame_positions
-from earthrep.models.fusion import FusionModel, fusion_config, fusion_from_config
+from earthrep.models.fusion import FusionModel, fusion_config, fusion_from_config, interpolate_centre
 
 TINY = dict(widths=(8, 8, 8), d_model=32, token_dim=8, heads=2, ffn=8, layers=1)
 INTERMEDIATES = {"enc_dimred", "enc_transformer_in", "enc_transformer_out", "enc_linear", "enc_token_reduced",
@@ -309,6 +309,68 @@ def test_fusion_centre_head_corrects_the_decoders_centre_pixel_from_zf():
   np.testing.assert_allclose(got["val_metric"], (got["s1/head"] + got["s2/head"]) / 2, rtol=1e-6)
   with pytest.raises(ValueError, match="centre heads"):
     losses.fusion_loss(out["recon"], target, mask, centre={"s3": out["centre"]["s2"]})
+
+
+def _interp_reference(x_tc, valid_tc, days_t):
+  """numpy: per channel, linear in time at day 0 between the nearest valid values at or before and at or
+  after it, the one side's nearest value when only one side has one; (value (c,), ok (c,))."""
+  value, ok = np.zeros(x_tc.shape[1], np.float32), valid_tc.any(axis=0)
+  for c in np.flatnonzero(ok):
+    d, v = days_t[valid_tc[:, c]], x_tc[valid_tc[:, c], c]
+    if (d <= 0).any() and (d >= 0).any():
+      value[c] = np.interp(0.0, d, v)
+    else:
+      value[c] = v[np.argmax(d)] if (d <= 0).any() else v[np.argmin(d)]
+  return value, ok
+
+
+def test_interpolate_centre_is_linear_in_time_between_the_nearest_valid_values():
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(64, 11, 3)).astype(np.float32)
+  valid = rng.random((64, 11, 3)) < 0.35
+  valid[0] = False                                   # nothing valid: not ok
+  valid[1], valid[1, 5] = False, True                # the centre itself: its own value
+  valid[2], valid[2, :3] = False, True               # before only: the last value before
+  gaps = rng.integers(1, 20, (64, 10)).astype(np.int32)
+  value, ok, features = interpolate_centre(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(gaps))
+  days = np.asarray(frame_positions(gaps))
+  for b in range(64):
+    want, want_ok = _interp_reference(x[b], valid[b], (days[b] - days[b, 5]).astype(np.float64))
+    np.testing.assert_array_equal(np.asarray(ok[b]), want_ok)
+    np.testing.assert_allclose(np.asarray(value[b])[want_ok], want[want_ok], rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(value[1]), x[1, 5])
+  np.testing.assert_array_equal(np.asarray(value[2]), x[2, 2])
+  assert not np.asarray(ok[0]).any() and features.shape == (64, 6 * 3)
+  np.testing.assert_array_equal(np.asarray(features[:, :3]), np.asarray(value))
+
+
+def test_an_anchored_centre_head_starts_from_the_interpolation_of_the_valid_centre_values():
+  """`centre_anchor`: the centre head corrects `interpolate_centre` of the centre pixel's valid values (the
+  decoder's answer for a channel without any); it needs the validity and the centre head."""
+  aes = tuple(TransformerAE(c, b, 3, **TINY) for c, b in ((2, 2), (10, 9)))
+  kw = dict(bottleneck=7, d_model=16, heads=2, ffn=16, layers=1)
+  model = FusionModel(aes, ("s1", "s2"), centre_head=True, centre_anchor=True, **kw)
+  (x1, g1), (x2, g2) = _inputs(2, 2), _inputs(10, 2, seed=1)
+  inputs, offsets = {"s1": (x1, g1), "s2": (x2, g2)}, jnp.array([[0, 3], [0, 0]], jnp.int32)
+  valid = {"s1": jnp.ones((2, 11, 2), bool),
+           "s2": jnp.asarray(np.random.default_rng(0).random((2, 11, 10)) < 0.3).at[:, 5].set(False)
+                    .at[1, :, 4].set(False)}   # the S2 centre hidden; channel 4 of sample 1 never valid
+  init = model.init({"params": jax.random.key(0)}, inputs, offsets, train=False, valid=valid)["params"]
+  out = model.apply({"params": init}, inputs, offsets, train=False, valid=valid)
+  np.testing.assert_array_equal(out["centre"]["s1"], x1[:, 5, 7, 7])     # S1's centre is observed
+  interp, ok, _ = interpolate_centre(x2[:, :, 7, 7], valid["s2"], g2)
+  want = np.where(ok, interp, out["recon"]["s2"][:, 5, 7, 7])
+  np.testing.assert_allclose(out["centre"]["s2"], want, rtol=1e-6)
+  assert not bool(ok[1, 4]) and bool(ok.any())
+  params = _random_params(model)
+  moved = model.apply({"params": params}, inputs, offsets, train=False, valid=valid)
+  assert float(jnp.max(jnp.abs(moved["centre"]["s2"] - moved["recon"]["s2"][:, 5, 7, 7]))) > 1e-3
+  with pytest.raises(ValueError, match=r"valid\['s1'\]"):
+    model.apply({"params": params}, inputs, offsets, train=False)
+  with pytest.raises(ValueError, match="needs centre_head"):
+    FusionModel(aes, ("s1", "s2"), centre_anchor=True, **kw).init(
+        {"params": jax.random.key(0)}, inputs, offsets, train=False)
+  assert fusion_from_config(fusion_config(model)) == model
 
 
 def test_fusion_pixel_tokens_read_each_sensors_centre_series():

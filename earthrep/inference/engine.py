@@ -162,7 +162,7 @@ class Engine:
       self.share_px_per_crop = default_share_px_per_crop(self.model)
     self.params = parallel.replicate(self.params, self.mesh)
     model = self.model
-    self.full_fn = jax.jit(lambda p, inputs, offsets: _full(model, p, inputs, offsets))
+    self.full_fn = jax.jit(functools.partial(_full, model))
     self.conv_fns = {s: jax.jit(lambda p, crops, s=s: _conv(model, s, p, crops)) for s in model.sensors}
     self.tail_fn = jax.jit(functools.partial(_tail, model, self.embedding))
     # crop_share reads the encoders' first layers in its own layouts, laid out once here
@@ -231,8 +231,8 @@ class Engine:
                                                            for out, m in outs])
 
 
-def _full(model, p, inputs, offsets):
-  out = model.apply({"params": p}, inputs, offsets, train=False)
+def _full(model, p, inputs, offsets, valid=None):
+  out = model.apply({"params": p}, inputs, offsets, train=False, valid=valid)
   if "centre" in out:   # a centre head answers for the centre pixel and day (FusionModel.centre_head)
     recon = out["centre"]["s2"]
   else:
@@ -308,12 +308,15 @@ def full_forward(engine: Engine, merged: Merged, windows: Windows, w_q: np.ndarr
     arrays = {}
     for s in model.sensors:
       series, frames, gaps = _series(merged, windows, s)
-      filled, _ = preprocess.fill_patches(gather_patches(series, frames[w], rows_q[sl], cols_q[sl]),
-                                          model.fill)
+      filled, mask = preprocess.fill_patches(gather_patches(series, frames[w], rows_q[sl], cols_q[sl]),
+                                             model.fill)
       arrays[f"{s}_x"], arrays[f"{s}_gaps"] = filled, gaps[w]
+      if model.centre_anchor:   # the anchored centre head interpolates the valid centre pixel values
+        arrays[f"{s}_valid"] = mask[:, :, CENTRE_PX, CENTRE_PX]
     arrays["offsets"] = offsets_for(model, windows.delta_days[w])
     fn = lambda p, offsets, **a: engine.full_fn(
-        p, {s: (a[f"{s}_x"], a[f"{s}_gaps"]) for s in model.sensors}, offsets)
+        p, {s: (a[f"{s}_x"], a[f"{s}_gaps"]) for s in model.sensors}, offsets,
+        {s: a[f"{s}_valid"] for s in model.sensors} if model.centre_anchor else None)
     out.append(engine.run(fn, "full", engine.batch, arrays))
   if not out:
     empty = {"zf": np.zeros((0, model.bottleneck), np.float32), "s2_reflectance": np.zeros((0, 10), np.float32)}

@@ -160,8 +160,8 @@ def rules_for(model: Model) -> tuple[list[Rule], tuple[str, ...]]:
 
 def random_fusion(variant: str = "test", sensor_names: tuple[str, ...] = ("s1", "s2"), seed: int = 0,
                   fill: str = "frame", channels: dict[str, int] | None = None,
-                  centre_path: bool = False, centre_head: bool = False, pixel_token: bool = False
-                  ) -> tuple[FusionModel, Any]:
+                  centre_path: bool = False, centre_head: bool = False, pixel_token: bool = False,
+                  centre_anchor: bool = False) -> tuple[FusionModel, Any]:
   """(FusionModel, random params) at the widths of a config variant (`training.configs`: "" full size,
   "runlocal", "test"), the registry's sensor shapes (`channels` overrides band counts) and `random_params`:
   a model directory's worth of weights without training, for tests and benchmarks."""
@@ -170,7 +170,7 @@ def random_fusion(variant: str = "test", sensor_names: tuple[str, ...] = ("s1", 
                                                               else {})},
                             **configs.WIDTHS[variant], fill=fill, centre_path=centre_path) for s in sensor_names)
   model = FusionModel(aes, tuple(sensor_names), **{**configs.FUSION_SIZES[variant], "centre_head": centre_head,
-                                                   "pixel_token": pixel_token})
+                                                   "pixel_token": pixel_token, "centre_anchor": centre_anchor})
   return model, random_params(model, seed)
 
 

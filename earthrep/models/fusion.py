@@ -18,6 +18,11 @@ earthrep's options (off in the reference and the full-size configs):
   and the frames' days relative to the centre) enters the fuser as one more token per sensor, so the
   embedding sees its own pixel's observations beside the frozen codes
   (`benchmarks/results/anyday_gaps.md`).
+* `centre_anchor` (with `centre_head`): the head corrects the linear interpolation in time of the centre
+  pixel's own valid values (`interpolate_centre`) instead of the decoder's centre pixel, and reads the
+  interpolation's values and distances beside zf. It needs the validity of each sensor's centre pixel series
+  (`valid`, from the loader's `<sensor>_mask`): filled values cannot tell a cloud from an observation. At
+  init the answer is the interpolation, so the model starts where the any-day baseline is.
 
 Dimension letters: B batch, K sensors (tokens), D fusion d_model, Y fused bottleneck, Z sensor bottleneck,
 T frames, G = T - 1 gaps, H/W rows/columns, C channels.
@@ -36,6 +41,39 @@ from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config
 from earthrep.schema import CENTRE_FRAME, CENTRE_PX, FUSION_MAX_POSITION
 
 SensorInputs = Mapping[str, tuple[jax.Array, jax.Array]]   # sensor -> (x_BTHWC, time_gaps_BG)
+ANCHOR_DAYS = 100.0   # day distances enter the anchored centre head in units of 100 days
+
+
+def interpolate_centre(centre_BTC: jax.Array, valid_BTC: jax.Array, gaps_BG: jax.Array
+                       ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per channel, the linear interpolation at the centre frame's day of the valid values of a pixel series
+  (B, T, C): between the last valid frame at or before the centre frame's day and the first at or after it
+  (the centre's own value when it is valid), the one valid side's value when only one side has one.
+  Returns (value_BC, ok_BC: some frame is valid, features_BF: [value, before, after, days before / 100,
+  days after / 100, ok] per channel, zeros where a side is missing)."""
+  days_BT = frame_positions(gaps_BG).astype(jnp.float32)
+  rel_BT1 = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1])[:, :, None]
+  valid_BTC = jnp.asarray(valid_BTC, bool)
+  far = jnp.float32(1e9)
+
+  def side(mask_BTC, key_BTC):   # the valid frame of the side that maximises key, its value and day
+    index_B1C = jnp.argmax(jnp.where(mask_BTC, key_BTC, -far), axis=1)[:, None]
+    value_BC = jnp.take_along_axis(centre_BTC, index_B1C, axis=1)[:, 0]
+    day_BC = jnp.take_along_axis(jnp.broadcast_to(rel_BT1, mask_BTC.shape), index_B1C, axis=1)[:, 0]
+    has_BC = mask_BTC.any(axis=1)
+    return jnp.where(has_BC, value_BC, 0.0), jnp.where(has_BC, day_BC, 0.0), has_BC
+
+  rel_BTC = jnp.broadcast_to(rel_BT1, valid_BTC.shape)
+  v_b, d_b, has_b = side(valid_BTC & (rel_BTC <= 0), rel_BTC)
+  v_a, d_a, has_a = side(valid_BTC & (rel_BTC >= 0), -rel_BTC)
+  span = d_a - d_b
+  w_a = jnp.where(span > 0, -d_b / jnp.where(span > 0, span, 1.0), 0.5)
+  both = v_b + w_a * (v_a - v_b)
+  value = jnp.where(has_b & has_a, both, jnp.where(has_b, v_b, v_a))
+  ok = has_b | has_a
+  features = jnp.concatenate([value, v_b, v_a, -d_b / ANCHOR_DAYS, d_a / ANCHOR_DAYS,
+                              ok.astype(jnp.float32)], axis=1)
+  return value, ok, features
 
 
 class FusionModel(nn.Module):
@@ -51,10 +89,13 @@ class FusionModel(nn.Module):
   dropout: float = 0.1
   centre_head: bool = False
   pixel_token: bool = False
+  centre_anchor: bool = False
 
   def setup(self):
     if len(self.autoencoders) != len(self.sensors):
       raise ValueError(f"{len(self.autoencoders)} autoencoders for sensors {self.sensors}")
+    if self.centre_anchor and not self.centre_head:
+      raise ValueError("centre_anchor anchors the centre heads: it needs centre_head=True")
     for sensor, ae in zip(self.sensors, self.autoencoders):
       setattr(self, f"ae_{sensor}", ae.clone())
       setattr(self, f"proj_{sensor}", nn.Dense(self.d_model))
@@ -159,23 +200,41 @@ class FusionModel(nn.Module):
         pixels[s] = (centre[0], gaps)
     return {"zf": self._fuse(z, offsets_BK, train=train, pixels=pixels or None), "z": z}
 
-  def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
-               train: bool) -> dict[str, Any]:
+  def __call__(self, inputs: SensorInputs, offsets_BK: jax.Array, *, train: bool,
+               valid: Mapping[str, jax.Array] | None = None) -> dict[str, Any]:
     """Returns {'zf': (B, Y), 'z': {s: (B, Z_s)}, 'b': {s: (B, Z_s)}, 'recon': {s: (B, T, H, W, C_s)}},
-    and with `centre_head` 'centre': {s: (B, C_s)}, the head's centre pixel of the centre frame."""
+    and with `centre_head` 'centre': {s: (B, C_s)}, the head's centre pixel of the centre frame. `valid`
+    (sensor -> (B, T, C) bool, whether each frame's centre pixel value was valid before filling) is
+    required with `centre_anchor` and unused otherwise."""
     z = self._codes(inputs, train=train)
     zf_BY = self._fuse(z, offsets_BK, train=train, pixels=self._pixels(inputs))
     b = {s: getattr(self, f"head_{s}")(zf_BY) for s in self.sensors}
     recon = {s: self._ae(s).decode(b[s], self._inputs(inputs, s)[1], train=train) for s in self.sensors}
     out = {"zf": zf_BY, "z": z, "b": b, "recon": recon}
-    if self.centre_head:   # the decoder's centre pixel of the centre frame, corrected from zf
-      at = (slice(None), CENTRE_FRAME, CENTRE_PX, CENTRE_PX)
-      out["centre"] = {s: recon[s][at] + getattr(self, f"centre_{s}")(zf_BY) for s in self.sensors}
+    if self.centre_head:
+      out["centre"] = {s: self._centre(s, zf_BY, recon[s], inputs, valid) for s in self.sensors}
     return out
+
+  def _centre(self, sensor: str, zf_BY: jax.Array, recon_BTHWC: jax.Array, inputs: SensorInputs,
+              valid: Mapping[str, jax.Array] | None) -> jax.Array:
+    """The centre head's answer: the decoder's centre pixel of the centre frame corrected from zf, or
+    with `centre_anchor` the interpolation of the valid centre pixel values corrected from zf and the
+    interpolation's features (the decoder's answer for a channel without any valid value)."""
+    decoded_BC = recon_BTHWC[:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX]
+    head = getattr(self, f"centre_{sensor}")
+    if not self.centre_anchor:
+      return decoded_BC + head(zf_BY)
+    if valid is None or sensor not in valid:
+      raise ValueError(f"this fusion model anchors its centre heads on the interpolation of the centre "
+                       f"pixel: it needs valid[{sensor!r}], the (B, T, C) validity of the centre pixel series")
+    x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
+    value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[sensor],
+                                                      gaps_BG)
+    return jnp.where(ok_BC, value_BC, decoded_BC) + head(jnp.concatenate([zf_BY, features_BF], axis=1))
 
 
 FUSION_FIELDS = ("sensors", "bottleneck", "d_model", "heads", "ffn", "layers", "max_position", "dropout",
-                 "centre_head", "pixel_token")
+                 "centre_head", "pixel_token", "centre_anchor")
 
 
 def fusion_from_config(cfg: Mapping[str, Any]) -> FusionModel:

@@ -24,7 +24,17 @@ def example_inputs(model: Model, batch: int = 1) -> tuple[Any, ...]:
   return ae_inputs(model)
 
 
+def example_kwargs(model: Model, batch: int = 1) -> dict[str, Any]:
+  """Keyword inputs `model.apply` needs beside `example_inputs`: the centre pixels' validity of a fusion
+  model with an anchored centre head (`FusionModel.centre_anchor`)."""
+  if isinstance(model, FusionModel) and model.centre_anchor:
+    return {"valid": {s: jnp.zeros((batch, ae.frames, ae.channels), bool)
+                      for s, ae in zip(model.sensors, model.autoencoders)}}
+  return {}
+
+
 def abstract_params(model: Model) -> Any:
   """The params tree of `model` as ShapeDtypeStructs (nothing is computed)."""
-  init = lambda: model.init(jax.random.key(0), *example_inputs(model), train=False)["params"]
+  init = lambda: model.init(jax.random.key(0), *example_inputs(model), train=False,
+                            **example_kwargs(model))["params"]
   return jax.eval_shape(init)

@@ -149,7 +149,8 @@ def fusion_config(arg: str | None, sensor_names: tuple[str, ...] = ("s1", "s2")
   c.data_dir = "demo/shards/fused"
   c.freeze_encoders = True       # the paper: only the fusion layers are trained (released code: False)
   # earthrep's any-day options (FusionModel; benchmarks/results/anyday_gaps.md), off in every variant
-  c.model = ml_collections.ConfigDict(FUSION_SIZES[variant] | dict(centre_head=False, pixel_token=False))
+  c.model = ml_collections.ConfigDict(FUSION_SIZES[variant] | dict(
+      centre_head=False, pixel_token=False, centre_anchor=False))
   # Per-sensor weights: earthrep.sensors; centre_weight scales the centre heads' term (model.centre_head).
   c.loss = ml_collections.ConfigDict(dict(reference=False, centre_weight=1.0))
   c.optimizer = optimizer_config("fusion", variant)

@@ -39,6 +39,7 @@ def zeros_batch(channels: dict[str, int], batch_size: int) -> dict[str, np.ndarr
   batch = {}
   for sensor, c in channels.items():
     batch[f"{sensor}_x"] = np.zeros((batch_size, t, p, p, c), np.float32)
+    batch[f"{sensor}_mask"] = np.ones((batch_size, t, p, p, c), bool)
     batch[f"{sensor}_gaps"] = np.ones((batch_size, t - 1), np.int32)
   batch["delta_days"] = np.zeros((batch_size, 1), np.int32)
   return batch
@@ -138,7 +139,8 @@ class FusionTask:
 
   # ------------------------------------------------------------------ params
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
-    variables = self.model.init({"params": rng}, self.inputs(batch), self.offsets(batch), train=False)
+    variables = self.model.init({"params": rng}, self.inputs(batch), self.offsets(batch), train=False,
+                                valid=self.centre_valid(batch))
     return variables["params"]
 
   def restore_pretrained(self, params: Any) -> Any:
@@ -169,7 +171,13 @@ class FusionTask:
       params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
     rngs = {"dropout": rng} if rng is not None else {}
     return self.model.apply({"params": params}, self.inputs(batch), self.offsets(batch), train=train,
-                            rngs=rngs)
+                            rngs=rngs, valid=self.centre_valid(batch))
+
+  def centre_valid(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array] | None:
+    """The validity of each sensor's centre pixel series (B, T, C) for an anchored centre head, else None."""
+    if not self.model.centre_anchor:
+      return None
+    return {s: batch[f"{s}_mask"][:, :, schema.CENTRE_PX, schema.CENTRE_PX] for s in self.sensors}
 
   # ------------------------------------------------------------------ objective
   def loss(self, params, batch, rng):

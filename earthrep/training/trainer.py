@@ -201,7 +201,8 @@ ADDED_FIELDS = {"config.optimizer.ema_decay": 0.0, "config.model.centre_path": F
                 "model.centre_path": False, "model.autoencoders.*.centre_path": False,
                 "config.data_kwargs.hide_centre_prob": 0.0, "config.model.centre_head": False,
                 "model.centre_head": False, "config.model.pixel_token": False, "model.pixel_token": False,
-                "config.loss.centre_weight": 1.0}
+                "config.loss.centre_weight": 1.0, "config.model.centre_anchor": False,
+                "model.centre_anchor": False}
 # Added fields that any value bridges for a run that hid nothing (stage 1 before data_kwargs existed).
 _ANY_IF_NOTHING_HIDDEN = ("config.data_kwargs.hide_sensor",)
 
