@@ -19,8 +19,9 @@ earthrep's options (off in the reference and the full-size configs):
   embedding sees its own pixel's observations beside the frozen codes
   (`benchmarks/results/anyday_gaps.md`).
 * `centre_anchor` (with `centre_head`): the head corrects the linear interpolation in time of the centre
-  pixel's own valid values (`interpolate_centre`) instead of the decoder's centre pixel, and reads the
-  interpolation's values and distances beside zf. It needs the validity of each sensor's centre pixel series
+  pixel's own valid values (`interpolate_centre`) instead of the decoder's centre pixel, and reads, beside
+  zf, the interpolation's values and distances and every sensor's centre pixel series (valid values,
+  validity, days). It needs the validity of each sensor's centre pixel series
   (`valid`, from the loader's `<sensor>_mask`): filled values cannot tell a cloud from an observation. At
   init the answer is the interpolation, so the model starts where the any-day baseline is.
 
@@ -218,19 +219,34 @@ class FusionModel(nn.Module):
   def _centre(self, sensor: str, zf_BY: jax.Array, recon_BTHWC: jax.Array, inputs: SensorInputs,
               valid: Mapping[str, jax.Array] | None) -> jax.Array:
     """The centre head's answer: the decoder's centre pixel of the centre frame corrected from zf, or
-    with `centre_anchor` the interpolation of the valid centre pixel values corrected from zf and the
-    interpolation's features (the decoder's answer for a channel without any valid value)."""
+    with `centre_anchor` the interpolation of the valid centre pixel values (the decoder's answer for a
+    channel without any) corrected from zf, the interpolation's features and the sensors' valid series."""
     decoded_BC = recon_BTHWC[:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX]
     head = getattr(self, f"centre_{sensor}")
     if not self.centre_anchor:
       return decoded_BC + head(zf_BY)
+    series = [self._valid_series(s, inputs, valid) for s in self.sensors]
+    x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
+    value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[sensor],
+                                                      gaps_BG)
+    correction_BC = head(jnp.concatenate([zf_BY, features_BF, *series], axis=1))
+    return jnp.where(ok_BC, value_BC, decoded_BC) + correction_BC
+
+  def _valid_series(self, sensor: str, inputs: SensorInputs, valid: Mapping[str, jax.Array] | None
+                    ) -> jax.Array:
+    """(B, T * (C + 1) + T): a sensor's centre pixel values where valid (0 elsewhere), their validity and
+    the frames' days relative to the centre frame (in ANCHOR_DAYS)."""
     if valid is None or sensor not in valid:
       raise ValueError(f"this fusion model anchors its centre heads on the interpolation of the centre "
                        f"pixel: it needs valid[{sensor!r}], the (B, T, C) validity of the centre pixel series")
     x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
-    value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[sensor],
-                                                      gaps_BG)
-    return jnp.where(ok_BC, value_BC, decoded_BC) + head(jnp.concatenate([zf_BY, features_BF], axis=1))
+    valid_BTC = jnp.asarray(valid[sensor], bool)
+    values_BTC = jnp.where(valid_BTC, x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], 0.0)
+    days_BT = frame_positions(gaps_BG).astype(jnp.float32)
+    rel_BT = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1]) / ANCHOR_DAYS
+    b = values_BTC.shape[0]
+    return jnp.concatenate([values_BTC.reshape(b, -1), valid_BTC.reshape(b, -1).astype(jnp.float32), rel_BT],
+                           axis=1)
 
 
 FUSION_FIELDS = ("sensors", "bottleneck", "d_model", "heads", "ffn", "layers", "max_position", "dropout",

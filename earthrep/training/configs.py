@@ -148,7 +148,8 @@ def fusion_config(arg: str | None, sensor_names: tuple[str, ...] = ("s1", "s2")
     setattr(c, f"{s}_workdir", f"demo/runs/{s}_ae")
   c.data_dir = "demo/shards/fused"
   c.freeze_encoders = True       # the paper: only the fusion layers are trained (released code: False)
-  # earthrep's any-day options (FusionModel; benchmarks/results/anyday_gaps.md), off in every variant
+  # earthrep's any-day options (FusionModel; benchmarks/results/anyday_gaps.md), off in every variant;
+  # centre_anchor needs centre_head
   c.model = ml_collections.ConfigDict(FUSION_SIZES[variant] | dict(
       centre_head=False, pixel_token=False, centre_anchor=False))
   # Per-sensor weights: earthrep.sensors; centre_weight scales the centre heads' term (model.centre_head).
