@@ -42,7 +42,13 @@ from earthrep.models.autoencoder import TransformerAE, ae_config, ae_from_config
 from earthrep.schema import CENTRE_FRAME, CENTRE_PX, FUSION_MAX_POSITION
 
 SensorInputs = Mapping[str, tuple[jax.Array, jax.Array]]   # sensor -> (x_BTHWC, time_gaps_BG)
-ANCHOR_DAYS = 100.0   # day distances enter the anchored centre head in units of 100 days
+DAY_UNIT = 100.0   # day distances enter the pixel tokens and the anchored centre heads in units of 100 days
+
+
+def relative_days(gaps_BG: jax.Array) -> jax.Array:
+  """(B, T) float32: each frame's day minus the centre frame's, from the frames' day gaps."""
+  days_BT = frame_positions(gaps_BG)
+  return (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1]).astype(jnp.float32)
 
 
 def interpolate_centre(centre_BTC: jax.Array, valid_BTC: jax.Array, gaps_BG: jax.Array
@@ -52,8 +58,7 @@ def interpolate_centre(centre_BTC: jax.Array, valid_BTC: jax.Array, gaps_BG: jax
   (the centre's own value when it is valid), the one valid side's value when only one side has one.
   Returns (value_BC, ok_BC: some frame is valid, features_BF: [value, before, after, days before / 100,
   days after / 100, ok] per channel, zeros where a side is missing)."""
-  days_BT = frame_positions(gaps_BG).astype(jnp.float32)
-  rel_BT1 = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1])[:, :, None]
+  rel_BT1 = relative_days(gaps_BG)[:, :, None]
   valid_BTC = jnp.asarray(valid_BTC, bool)
   far = jnp.float32(1e9)
 
@@ -72,7 +77,7 @@ def interpolate_centre(centre_BTC: jax.Array, valid_BTC: jax.Array, gaps_BG: jax
   both = v_b + w_a * (v_a - v_b)
   value = jnp.where(has_b & has_a, both, jnp.where(has_b, v_b, v_a))
   ok = has_b | has_a
-  features = jnp.concatenate([value, v_b, v_a, -d_b / ANCHOR_DAYS, d_a / ANCHOR_DAYS,
+  features = jnp.concatenate([value, v_b, v_a, -d_b / DAY_UNIT, d_a / DAY_UNIT,
                               ok.astype(jnp.float32)], axis=1)
   return value, ok, features
 
@@ -142,8 +147,7 @@ class FusionModel(nn.Module):
     tokens = []
     for s in self.sensors:
       centre_BTC, gaps_BG = pixels[s]
-      days_BT = frame_positions(gaps_BG)
-      rel_BT = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1]).astype(jnp.float32) / 100.0
+      rel_BT = relative_days(gaps_BG) / DAY_UNIT
       flat = jnp.concatenate([centre_BTC.reshape(centre_BTC.shape[0], -1), rel_BT], axis=1)
       tokens.append(getattr(self, f"pixel_{s}")(flat))
     return tokens
@@ -235,15 +239,14 @@ class FusionModel(nn.Module):
   def _valid_series(self, sensor: str, inputs: SensorInputs, valid: Mapping[str, jax.Array] | None
                     ) -> jax.Array:
     """(B, T * (C + 1) + T): a sensor's centre pixel values where valid (0 elsewhere), their validity and
-    the frames' days relative to the centre frame (in ANCHOR_DAYS)."""
+    the frames' days relative to the centre frame (in DAY_UNIT)."""
     if valid is None or sensor not in valid:
       raise ValueError(f"this fusion model anchors its centre heads on the interpolation of the centre "
                        f"pixel: it needs valid[{sensor!r}], the (B, T, C) validity of the centre pixel series")
     x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
     valid_BTC = jnp.asarray(valid[sensor], bool)
     values_BTC = jnp.where(valid_BTC, x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], 0.0)
-    days_BT = frame_positions(gaps_BG).astype(jnp.float32)
-    rel_BT = (days_BT - days_BT[:, CENTRE_FRAME:CENTRE_FRAME + 1]) / ANCHOR_DAYS
+    rel_BT = relative_days(gaps_BG) / DAY_UNIT
     b = values_BTC.shape[0]
     return jnp.concatenate([values_BTC.reshape(b, -1), valid_BTC.reshape(b, -1).astype(jnp.float32), rel_BT],
                            axis=1)
