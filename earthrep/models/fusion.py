@@ -216,12 +216,13 @@ class FusionModel(nn.Module):
     b = {s: getattr(self, f"head_{s}")(zf_BY) for s in self.sensors}
     recon = {s: self._ae(s).decode(b[s], self._inputs(inputs, s)[1], train=train) for s in self.sensors}
     out = {"zf": zf_BY, "z": z, "b": b, "recon": recon}
-    if self.centre_head:
-      out["centre"] = {s: self._centre(s, zf_BY, recon[s], inputs, valid) for s in self.sensors}
+    if self.centre_head:   # the anchored heads all read every sensor's valid series: built once
+      series = [self._valid_series(s, inputs, valid) for s in self.sensors] if self.centre_anchor else []
+      out["centre"] = {s: self._centre(s, zf_BY, recon[s], inputs, valid, series) for s in self.sensors}
     return out
 
   def _centre(self, sensor: str, zf_BY: jax.Array, recon_BTHWC: jax.Array, inputs: SensorInputs,
-              valid: Mapping[str, jax.Array] | None) -> jax.Array:
+              valid: Mapping[str, jax.Array] | None, series: list[jax.Array]) -> jax.Array:
     """The centre head's answer: the decoder's centre pixel of the centre frame corrected from zf, or
     with `centre_anchor` the interpolation of the valid centre pixel values (the decoder's answer for a
     channel without any) corrected from zf, the interpolation's features and the sensors' valid series."""
@@ -229,7 +230,6 @@ class FusionModel(nn.Module):
     head = getattr(self, f"centre_{sensor}")
     if not self.centre_anchor:
       return decoded_BC + head(zf_BY)
-    series = [self._valid_series(s, inputs, valid) for s in self.sensors]
     x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
     value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[sensor],
                                                       gaps_BG)
