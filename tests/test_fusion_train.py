@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 
 from earthrep import schema, sensors
-from earthrep.io import checkpoint
-from earthrep.training import configs
-from earthrep.training import trainer as train
+from earthrep.data import loader
 from earthrep.data import shards as shards_lib
+from earthrep.inference.engine import load_fusion
+from earthrep.io import checkpoint
+from earthrep.models import blocks
+from earthrep.training import configs, head_refit
+from earthrep.training import trainer as train
 
 
 def _leaves(tree):
@@ -165,3 +168,61 @@ def test_a_toy_third_sensor_trains_stage1_then_fusion_leaves_s1_s2_frozen(
     _assert_tree_equal(out["params"][f"ae_{s}"], checkpoint.load_params(w))
   assert out["params"]["type_embed"]["embedding"].shape[0] == 3
   assert np.isfinite(out["history"][-1]["val_metric"])
+
+
+def test_head_refit_fits_the_centre_heads_alone_and_keeps_every_other_param(stage1_workdirs, tiny_shards,
+                                                                             tmp_path):
+  data = tiny_shards("fused")
+  config = _fusion_config(stage1_workdirs, data)
+  config.model.update(centre_head=True, centre_anchor=True)
+  train.train_and_evaluate(config, tmp_path / "fusion")
+  model, params = load_fusion(tmp_path / "fusion")
+
+  # What the heads read reproduces the model's own centre answers: base + head(head_in).
+  parts = head_refit.collect(model, params, data, "validation", batch_size=8)
+  batch = next(loader.eval_batches(data, "validation", 8, hide_centre_prob=1.0, fill=model.fill))
+  inputs, offsets, valid = head_refit.batch_inputs(model, batch)
+  out = model.apply({"params": params}, inputs, offsets, train=False, valid=valid)
+  n = int(batch["weight"].sum())
+  for s in model.sensors:
+    mlp = blocks.Mlp(model.d_model, parts[s]["base"].shape[1], zero_out=True)
+    answer = parts[s]["base"][:n] + np.asarray(mlp.apply({"params": params[f"centre_{s}"]},
+                                                         parts[s]["head_in"][:n]))
+    np.testing.assert_allclose(answer, np.asarray(out["centre"][s])[:n], atol=1e-5)
+
+  # Fitting a head on its own windows lowers their MAE (validation = training data here).
+  s2 = parts["s2"]
+  mlp = blocks.Mlp(model.d_model, s2["base"].shape[1], zero_out=True)
+  _, history, best = head_refit.fit_head(mlp, params["centre_s2"], s2, s2, epochs=40, batch_size=8,
+                                         lr=3e-3, patience=40)
+  assert best > 0 and history[best] < 0.9 * history[0]
+
+  record = head_refit.refit(tmp_path / "fusion", data, tmp_path / "refit", epochs=5, batch_size=8)
+  model2, params2 = load_fusion(tmp_path / "refit")
+  assert model2 == model
+  for key in params:
+    if not key.startswith("centre_"):
+      _assert_tree_equal(params2[key], params[key])
+  for s in model.sensors:
+    r = record["sensors"][s]
+    assert r["val_mae_after"] == pytest.approx(min(r["val_mae_by_epoch"]), abs=1e-6)
+    assert r["val_mae_after"] <= r["val_mae_before"]
+  stored = json.loads((tmp_path / "refit" / "model_config.json").read_text())
+  assert stored["head_refit"]["records"] == record["records"] and stored["model"] == json.loads(
+      (tmp_path / "fusion" / "model_config.json").read_text())["model"]
+
+  with pytest.raises(head_refit.EarthrepError, match="refit"):   # an existing output is not replaced
+    head_refit.refit(tmp_path / "fusion", data, tmp_path / "refit", epochs=1)
+
+
+def test_refit_heads_refuses_a_model_without_centre_heads(stage1_workdirs, tiny_shards, tmp_path, capsys):
+  from earthrep import refit_heads
+  data = tiny_shards("fused")
+  train.train_and_evaluate(_fusion_config(stage1_workdirs, data), tmp_path / "fusion")
+  args = ["--model", str(tmp_path / "fusion"), "--data-dir", str(data), "--out", str(tmp_path / "refit")]
+  assert refit_heads.main(args) == 2
+  err = capsys.readouterr().err
+  assert "refit_heads: error:" in err and "model_config.json: model.centre_head is False" in err
+  assert not (tmp_path / "refit").exists()
+  assert refit_heads.main(args[:4] + ["--out", str(data)]) == 2   # an output over its input is refused
+  assert "overlaps the input --data-dir" in capsys.readouterr().err

@@ -21,7 +21,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("interop", ("earthrep.interop",)),
     ("evaluation", ("earthrep.evaluation",)),
     ("tools", ("earthrep.train", "earthrep.embed", "earthrep.convert", "earthrep.parity", "earthrep.flux",
-               "earthrep.gpp", "earthrep.evaluate", "earthrep.summarize")),
+               "earthrep.gpp", "earthrep.evaluate", "earthrep.summarize", "earthrep.refit_heads")),
 )
 MODELS_MAY_IMPORT = ("earthrep.models", "earthrep.schema")
 

@@ -51,11 +51,10 @@ from earthrep import parallel, sensors
 from earthrep.data import preprocess
 from earthrep.data.windows import HIDDEN, Merged, Windows, gather_patches, pixel_valid
 from earthrep.errors import EarthrepError
-from earthrep.io import checkpoint
 from earthrep.models import crop_share
-from earthrep.models.fusion import FusionModel, fusion_from_config
-from earthrep.models.params import abstract_params
+from earthrep.models.fusion import FusionModel
 from earthrep.schema import CENTRE_FRAME, CENTRE_PX, PATCH_FRAMES, PATCH_PX
+from earthrep.training import tasks
 
 CUBE_SENSORS = ("s1", "s2")   # what a site cube provides (schema.SiteCube)
 CROP_BATCHES_PER_CALL = 4     # see Engine.crops_per_call
@@ -68,12 +67,7 @@ class ModelError(EarthrepError):
 
 def load_fusion(model_dir: str | os.PathLike) -> tuple[FusionModel, Any]:
   """(FusionModel, params) from a fusion workdir (`best/<step>`) or a converted checkpoint (`0/`)."""
-  cfg = checkpoint.read_model_config(model_dir)
-  if cfg.get("kind") != "fusion":
-    raise ModelError(f"{model_dir}: model_config.json: kind {cfg.get('kind')!r}, expected 'fusion'")
-  model = fusion_from_config(cfg["model"])
-  params = checkpoint.load_params(model_dir, target=abstract_params(model))
-  return model, params
+  return tasks.load_fusion(os.fspath(model_dir), error=ModelError)
 
 
 def check_model(model: FusionModel, where: str = "model") -> None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import orbax.checkpoint as ocp
 
 from earthrep import sensors
 from earthrep.errors import EarthrepError
@@ -128,19 +127,13 @@ def read_state_dict(path: str | os.PathLike, *, allow_pickle: bool = False) -> d
   return sd
 
 
-def _is_converted_checkpoint(path: Path) -> bool:
-  """A directory this tool wrote: model_config.json beside step folders, not a training workdir."""
-  return (path / checkpoint.MODEL_CONFIG).is_file() and not any((path / d).exists() for d in
-                                                                 ("checkpoints", "best", "tensorboard"))
-
-
 def check_output(out_dir: str | os.PathLike, overwrite: bool = False,
                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
   """Raises unless `out_dir` may be written: new or empty, or (with `overwrite`) an earlier checkpoint."""
   try:
     atomic.check_apart(out_dir, dict(inputs or {}))
     atomic.check_target(out_dir, overwrite=overwrite, kind="converted checkpoint",
-                        is_kind=_is_converted_checkpoint)
+                        is_kind=checkpoint.is_model_dir)
   except atomic.OutputError as e:
     raise ConvertError(str(e)) from None
 
@@ -150,16 +143,7 @@ def save_params(out_dir: str | os.PathLike, params: Any, config: Mapping[str, An
   """Writes `<out>/0/params` (Orbax) and `<out>/model_config.json` atomically; an existing output is
   replaced only with `overwrite` (see `check_output`)."""
   check_output(out_dir, overwrite)
-  out = Path(out_dir).absolute()
-  out.parent.mkdir(parents=True, exist_ok=True)
-  with atomic.atomic_path(out) as tmp:
-    mngr = ocp.CheckpointManager(tmp, options=ocp.CheckpointManagerOptions(create=True),
-                                 item_names=("params",))
-    mngr.save(0, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params)))
-    mngr.wait_until_finished()
-    mngr.close()
-    checkpoint.write_model_config(tmp, dict(config))
-  return out
+  return checkpoint.save_model_dir(out_dir, params, dict(config))
 
 
 def load_params(ckpt_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:

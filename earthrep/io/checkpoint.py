@@ -104,6 +104,29 @@ def write_model_config(workdir: str | os.PathLike, config: dict) -> None:
   atomic.write_text(Path(workdir) / MODEL_CONFIG, json.dumps(config, indent=2, sort_keys=True))
 
 
+def is_model_dir(path: str | os.PathLike) -> bool:
+  """A model directory (`save_model_dir`): model_config.json beside step folders, not a training workdir."""
+  path = Path(path)
+  return (path / MODEL_CONFIG).is_file() and not any((path / d).exists() for d in
+                                                     ("checkpoints", "best", "tensorboard"))
+
+
+def save_model_dir(out_dir: str | os.PathLike, params: Any, config: dict) -> Path:
+  """Writes a model directory, `<out>/0/params` (Orbax) and `<out>/model_config.json`, atomically: the
+  layout of converted checkpoints and refitted models, loadable wherever a workdir is. The caller checks
+  that `out_dir` may be written (`atomic.check_target`)."""
+  out = Path(out_dir).absolute()
+  out.parent.mkdir(parents=True, exist_ok=True)
+  with atomic.atomic_path(out) as tmp:
+    mngr = ocp.CheckpointManager(tmp, options=ocp.CheckpointManagerOptions(create=True),
+                                 item_names=("params",))
+    mngr.save(0, args=ocp.args.Composite(params=ocp.args.PyTreeSave(params)))
+    mngr.wait_until_finished()
+    mngr.close()
+    write_model_config(tmp, dict(config))
+  return out
+
+
 def read_model_config(path: str | os.PathLike) -> dict:
   path = Path(path)
   if not path.exists():

@@ -226,15 +226,30 @@ class FusionModel(nn.Module):
     """The centre head's answer: the decoder's centre pixel of the centre frame corrected from zf, or
     with `centre_anchor` the interpolation of the valid centre pixel values (the decoder's answer for a
     channel without any) corrected from zf, the interpolation's features and the sensors' valid series."""
+    base_BC, head_in_BD = self._centre_parts(sensor, zf_BY, recon_BTHWC, inputs, valid, series)
+    return base_BC + getattr(self, f"centre_{sensor}")(head_in_BD)
+
+  def _centre_parts(self, sensor: str, zf_BY: jax.Array, recon_BTHWC: jax.Array, inputs: SensorInputs,
+                    valid: Mapping[str, jax.Array] | None, series: list[jax.Array]
+                    ) -> tuple[jax.Array, jax.Array]:
+    """(base_BC, head_in_BD): the answer the head corrects and what the head reads."""
     decoded_BC = recon_BTHWC[:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX]
-    head = getattr(self, f"centre_{sensor}")
     if not self.centre_anchor:
-      return decoded_BC + head(zf_BY)
+      return decoded_BC, zf_BY
     x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
     value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[sensor],
                                                       gaps_BG)
-    correction_BC = head(jnp.concatenate([zf_BY, features_BF, *series], axis=1))
-    return jnp.where(ok_BC, value_BC, decoded_BC) + correction_BC
+    return jnp.where(ok_BC, value_BC, decoded_BC), jnp.concatenate([zf_BY, features_BF, *series], axis=1)
+
+  def centre_parts(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
+                   valid: Mapping[str, jax.Array] | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """sensor -> (base_BC, head_in_BD) of a model with `centre_head` (inference mode): its centre answer is
+    `base_BC + centre_<sensor>(head_in_BD)`. `earthrep.training.head_refit` fits the heads on them."""
+    if not self.centre_head:
+      raise ValueError("centre_parts: this fusion model has no centre heads (centre_head=False)")
+    out = self(inputs, offsets_BK, train=False, valid=valid)
+    series = [self._valid_series(s, inputs, valid) for s in self.sensors] if self.centre_anchor else []
+    return {s: self._centre_parts(s, out["zf"], out["recon"][s], inputs, valid, series) for s in self.sensors}
 
   def _valid_series(self, sensor: str, inputs: SensorInputs, valid: Mapping[str, jax.Array] | None
                     ) -> jax.Array:

@@ -30,6 +30,7 @@ from earthrep import schema, sensors
 from earthrep.io import checkpoint
 from earthrep.models import autoencoder
 from earthrep.models import fusion as fusion_lib
+from earthrep.models.params import abstract_params
 from earthrep.training import losses
 
 
@@ -201,6 +202,16 @@ class FusionTask:
                                {s: batch[f"{s}_target_mask"] for s in self.sensors}, out.get("centre", {}))
     return {f"val/{k}": v for k, v in per_sample.items() if k != "val_metric"} | {
         "val_metric": per_sample["val_metric"]}
+
+
+def load_fusion(model_dir: str, error: type[Exception] = checkpoint.CheckpointError) -> tuple[Any, Any]:
+  """(FusionModel, params) from a fusion workdir (`best/<step>`) or model directory (`0/`: converted or
+  refitted); a model_config.json of another kind raises `error`."""
+  cfg = checkpoint.read_model_config(model_dir)
+  if cfg.get("kind") != "fusion":
+    raise error(f"{model_dir}: model_config.json: kind {cfg.get('kind')!r}, expected 'fusion'")
+  model = fusion_lib.fusion_from_config(cfg["model"])
+  return model, checkpoint.load_params(model_dir, target=abstract_params(model))
 
 
 def make_task(config: ml_collections.ConfigDict):
