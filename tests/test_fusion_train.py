@@ -179,7 +179,7 @@ def test_head_refit_fits_the_centre_heads_alone_and_keeps_every_other_param(stag
   model, params = load_fusion(tmp_path / "fusion")
 
   # What the heads read reproduces the model's own centre answers: base + head(head_in).
-  parts = head_refit.collect(model, params, data, "validation", batch_size=8)
+  parts = head_refit.collect(model, params, data, "validation", batch_size=8, hide_centre_prob=1.0)
   batch = next(loader.eval_batches(data, "validation", 8, hide_centre_prob=1.0, fill=model.fill))
   inputs, offsets, valid = head_refit.batch_inputs(model, batch)
   out = model.apply({"params": params}, inputs, offsets, train=False, valid=valid)
@@ -226,3 +226,9 @@ def test_refit_heads_refuses_a_model_without_centre_heads(stage1_workdirs, tiny_
   assert not (tmp_path / "refit").exists()
   assert refit_heads.main(args[:4] + ["--out", str(data)]) == 2   # an output over its input is refused
   assert "overlaps the input --data-dir" in capsys.readouterr().err
+  config = _fusion_config(stage1_workdirs, data)
+  config.model.centre_head = True
+  train.train_and_evaluate(config, tmp_path / "heads")
+  assert refit_heads.main(["--model", str(tmp_path / "heads"), "--data-dir", str(tiny_shards("s2")),
+                           "--out", str(tmp_path / "refit")]) == 2   # shards without the model's S1
+  assert "split 'train' has no s1 data" in capsys.readouterr().err

@@ -38,6 +38,7 @@ from absl import logging
 
 from earthrep import schema, sensors
 from earthrep.data import loader
+from earthrep.data.shards import open_shards
 from earthrep.errors import EarthrepError
 from earthrep.io import atomic, checkpoint
 from earthrep.models import blocks
@@ -64,7 +65,7 @@ def batch_inputs(model: FusionModel, batch: dict[str, np.ndarray]) -> tuple[Any,
 
 
 def collect(model: FusionModel, params: Any, data_dir: str | Path, split: str, *, batch_size: int = 64,
-            hide_centre_prob: float = 1.0, seed: int = 0, limit: int | None = None
+            hide_centre_prob: float = 0.5, seed: int = 0, limit: int | None = None
             ) -> dict[str, dict[str, np.ndarray]]:
   """sensor -> {'base': (N, C), 'head_in': (N, D), 'target': (N, C), 'valid': (N, C) bool} over the records
   of `split` (the first `limit`, in file order, if given): what the sensor's centre head reads, the answer
@@ -159,6 +160,11 @@ def refit(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, *, t
   if not model.centre_head:
     raise RefitError(f"{model_dir}: model_config.json: model.centre_head is False; there is no centre head "
                      "to refit")
+  for split in (train_split, val_split):
+    missing = [s for s in model.sensors if s not in open_shards(data_dir, split).sensors]
+    if missing:
+      raise RefitError(f"--data-dir {data_dir}: split {split!r} has no {', '.join(missing)} data, which the "
+                       f"model {model_dir} fuses (sensors {list(model.sensors)})")
   t0 = time.time()
   kw = dict(hide_centre_prob=hide_centre_prob, seed=seed)
   data = {split: collect(model, params, data_dir, split, limit=limit if split == train_split else None, **kw)
