@@ -14,7 +14,7 @@ from earthrep.data import shards as shards_lib
 from earthrep.inference.engine import load_fusion
 from earthrep.io import checkpoint
 from earthrep.models import blocks
-from earthrep.training import configs, head_refit
+from earthrep.training import configs, head_refit, tasks
 from earthrep.training import trainer as train
 
 
@@ -181,7 +181,7 @@ def test_head_refit_fits_the_centre_heads_alone_and_keeps_every_other_param(stag
   # What the heads read reproduces the model's own centre answers: base + head(head_in).
   parts = head_refit.collect(model, params, data, "validation", batch_size=8, hide_centre_prob=1.0)
   batch = next(loader.eval_batches(data, "validation", 8, hide_centre_prob=1.0, fill=model.fill))
-  inputs, offsets, valid = head_refit.batch_inputs(model, batch)
+  inputs, offsets, valid = tasks.fusion_batch(model, batch)
   out = model.apply({"params": params}, inputs, offsets, train=False, valid=valid)
   n = int(batch["weight"].sum())
   for s in model.sensors:

@@ -211,45 +211,46 @@ class FusionModel(nn.Module):
     and with `centre_head` 'centre': {s: (B, C_s)}, the head's centre pixel of the centre frame. `valid`
     (sensor -> (B, T, C) bool, whether each frame's centre pixel value was valid before filling) is
     required with `centre_anchor` and unused otherwise."""
+    out = self._reconstruct(inputs, offsets_BK, train=train)
+    if self.centre_head:
+      out["centre"] = {s: base_BC + getattr(self, f"centre_{s}")(head_in_BD)
+                       for s, (base_BC, head_in_BD) in self._centre_parts(out, inputs, valid).items()}
+    return out
+
+  def _reconstruct(self, inputs: SensorInputs, offsets_BK: jax.Array, *, train: bool) -> dict[str, Any]:
     z = self._codes(inputs, train=train)
     zf_BY = self._fuse(z, offsets_BK, train=train, pixels=self._pixels(inputs))
     b = {s: getattr(self, f"head_{s}")(zf_BY) for s in self.sensors}
     recon = {s: self._ae(s).decode(b[s], self._inputs(inputs, s)[1], train=train) for s in self.sensors}
-    out = {"zf": zf_BY, "z": z, "b": b, "recon": recon}
-    if self.centre_head:   # the anchored heads all read every sensor's valid series: built once
-      series = [self._valid_series(s, inputs, valid) for s in self.sensors] if self.centre_anchor else []
-      out["centre"] = {s: self._centre(s, zf_BY, recon[s], inputs, valid, series) for s in self.sensors}
-    return out
+    return {"zf": zf_BY, "z": z, "b": b, "recon": recon}
 
-  def _centre(self, sensor: str, zf_BY: jax.Array, recon_BTHWC: jax.Array, inputs: SensorInputs,
-              valid: Mapping[str, jax.Array] | None, series: list[jax.Array]) -> jax.Array:
-    """The centre head's answer: the decoder's centre pixel of the centre frame corrected from zf, or
-    with `centre_anchor` the interpolation of the valid centre pixel values (the decoder's answer for a
-    channel without any) corrected from zf, the interpolation's features and the sensors' valid series."""
-    base_BC, head_in_BD = self._centre_parts(sensor, zf_BY, recon_BTHWC, inputs, valid, series)
-    return base_BC + getattr(self, f"centre_{sensor}")(head_in_BD)
-
-  def _centre_parts(self, sensor: str, zf_BY: jax.Array, recon_BTHWC: jax.Array, inputs: SensorInputs,
-                    valid: Mapping[str, jax.Array] | None, series: list[jax.Array]
-                    ) -> tuple[jax.Array, jax.Array]:
-    """(base_BC, head_in_BD): the answer the head corrects and what the head reads."""
-    decoded_BC = recon_BTHWC[:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX]
-    if not self.centre_anchor:
-      return decoded_BC, zf_BY
-    x_BTHWC, gaps_BG = self._inputs(inputs, sensor)
-    value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[sensor],
-                                                      gaps_BG)
-    return jnp.where(ok_BC, value_BC, decoded_BC), jnp.concatenate([zf_BY, features_BF, *series], axis=1)
+  def _centre_parts(self, out: dict[str, Any], inputs: SensorInputs, valid: Mapping[str, jax.Array] | None
+                    ) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """sensor -> (base_BC, head_in_BD) for the centre heads, whose answer is `base_BC + centre_<s>(head_in_BD)`:
+    the decoder's centre pixel of the centre frame and zf, or with `centre_anchor` the interpolation of the
+    valid centre pixel values (the decoder's answer for a channel without any) and zf with the
+    interpolation's features and every sensor's valid series (built once for all the heads)."""
+    series = [self._valid_series(s, inputs, valid) for s in self.sensors] if self.centre_anchor else []
+    parts = {}
+    for s in self.sensors:
+      decoded_BC = out["recon"][s][:, CENTRE_FRAME, CENTRE_PX, CENTRE_PX]
+      if not self.centre_anchor:
+        parts[s] = (decoded_BC, out["zf"])
+        continue
+      x_BTHWC, gaps_BG = self._inputs(inputs, s)
+      value_BC, ok_BC, features_BF = interpolate_centre(x_BTHWC[:, :, CENTRE_PX, CENTRE_PX], valid[s], gaps_BG)
+      head_in_BD = jnp.concatenate([out["zf"], features_BF, *series], axis=1)
+      parts[s] = (jnp.where(ok_BC, value_BC, decoded_BC), head_in_BD)
+    return parts
 
   def centre_parts(self, inputs: SensorInputs, offsets_BK: jax.Array, *,
                    valid: Mapping[str, jax.Array] | None = None) -> dict[str, tuple[jax.Array, jax.Array]]:
-    """sensor -> (base_BC, head_in_BD) of a model with `centre_head` (inference mode): its centre answer is
-    `base_BC + centre_<sensor>(head_in_BD)`. `earthrep.training.head_refit` fits the heads on them."""
+    """sensor -> (base_BC, head_in_BD) of a model with `centre_head` (inference mode), without running the
+    heads: its centre answer is `base_BC + centre_<sensor>(head_in_BD)`. `earthrep.training.head_refit`
+    fits the heads on them."""
     if not self.centre_head:
       raise ValueError("centre_parts: this fusion model has no centre heads (centre_head=False)")
-    out = self(inputs, offsets_BK, train=False, valid=valid)
-    series = [self._valid_series(s, inputs, valid) for s in self.sensors] if self.centre_anchor else []
-    return {s: self._centre_parts(s, out["zf"], out["recon"][s], inputs, valid, series) for s in self.sensors}
+    return self._centre_parts(self._reconstruct(inputs, offsets_BK, train=False), inputs, valid)
 
   def _valid_series(self, sensor: str, inputs: SensorInputs, valid: Mapping[str, jax.Array] | None
                     ) -> jax.Array:

@@ -36,7 +36,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from earthrep import schema, sensors
+from earthrep import schema
 from earthrep.data import loader
 from earthrep.data.shards import open_shards
 from earthrep.errors import EarthrepError
@@ -50,20 +50,6 @@ class RefitError(EarthrepError):
   """The model or the data cannot be refitted; the message names the directory and the field."""
 
 
-def load_fusion(model_dir: str | os.PathLike) -> tuple[FusionModel, Any]:
-  """(FusionModel, params) of a fusion workdir (its best checkpoint) or model directory."""
-  return tasks.load_fusion(os.fspath(model_dir), error=RefitError)
-
-
-def batch_inputs(model: FusionModel, batch: dict[str, np.ndarray]) -> tuple[Any, Any, Any]:
-  b = batch[f"{model.sensors[0]}_x"].shape[0]
-  inputs = {s: (batch[f"{s}_x"], batch[f"{s}_gaps"]) for s in model.sensors}
-  offsets = sensors.fusion_offsets(model.sensors, batch, b, np)
-  valid = ({s: batch[f"{s}_mask"][:, :, schema.CENTRE_PX, schema.CENTRE_PX] for s in model.sensors}
-           if model.centre_anchor else None)
-  return inputs, offsets, valid
-
-
 def collect(model: FusionModel, params: Any, data_dir: str | Path, split: str, *, batch_size: int = 64,
             hide_centre_prob: float = 0.5, seed: int = 0, limit: int | None = None
             ) -> dict[str, dict[str, np.ndarray]]:
@@ -74,6 +60,7 @@ def collect(model: FusionModel, params: Any, data_dir: str | Path, split: str, *
       {"params": p}, inputs, offsets, valid=valid, method=FusionModel.centre_parts))
   out: dict[str, dict[str, list[np.ndarray]]] = {s: {k: [] for k in ("base", "head_in", "target", "valid")}
                                                  for s in model.sensors}
+  at = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
   n = 0
   batches: Iterator[dict[str, np.ndarray]] = loader.eval_batches(
       data_dir, split, batch_size, hide_centre_prob=hide_centre_prob, seed=seed, fill=model.fill)
@@ -81,10 +68,9 @@ def collect(model: FusionModel, params: Any, data_dir: str | Path, split: str, *
     real = batch["weight"] > 0
     if limit is not None:
       real &= np.arange(len(real)) < limit - n
-    parts = parts_fn(params, *batch_inputs(model, batch))
+    parts = parts_fn(params, *tasks.fusion_batch(model, batch, np))
     for s in model.sensors:
       base, head_in = (np.asarray(a)[real] for a in parts[s])
-      at = (slice(None), schema.CENTRE_FRAME, schema.CENTRE_PX, schema.CENTRE_PX)
       target = batch[f"{s}_target"][at][real]
       ok = batch[f"{s}_target_mask"][at][real]
       if not (np.isfinite(base).all() and np.isfinite(head_in).all()):
@@ -156,7 +142,7 @@ def refit(model_dir: str | Path, data_dir: str | Path, out_dir: str | Path, *, t
     raise RefitError(str(e)) from None
   if not 0.0 <= hide_centre_prob <= 1.0:
     raise RefitError(f"--hide-centre-prob {hide_centre_prob}: expected a probability in [0, 1]")
-  model, params = load_fusion(model_dir)
+  model, params = tasks.load_fusion(os.fspath(model_dir), error=RefitError)
   if not model.centre_head:
     raise RefitError(f"{model_dir}: model_config.json: model.centre_head is False; there is no centre head "
                      "to refit")

@@ -140,8 +140,8 @@ class FusionTask:
 
   # ------------------------------------------------------------------ params
   def init(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
-    variables = self.model.init({"params": rng}, self.inputs(batch), self.offsets(batch), train=False,
-                                valid=self.centre_valid(batch))
+    inputs, offsets, valid = fusion_batch(self.model, batch)
+    variables = self.model.init({"params": rng}, inputs, offsets, train=False, valid=valid)
     return variables["params"]
 
   def restore_pretrained(self, params: Any) -> Any:
@@ -158,27 +158,13 @@ class FusionTask:
     frozen = {self.model.sensor_param_path(s)[0] for s in self.sensors}
     return {k: jax.tree.map(lambda _: k not in frozen, v) for k, v in params.items()}
 
-  # ------------------------------------------------------------------ batches
-  def inputs(self, batch: dict[str, jax.Array]) -> dict[str, tuple[jax.Array, jax.Array]]:
-    return {s: (batch[f"{s}_x"], batch[f"{s}_gaps"]) for s in self.sensors}
-
-  def offsets(self, batch: dict[str, jax.Array]) -> jax.Array:
-    """(B, K) rows of the pair-position table (`sensors.fusion_offsets`)."""
-    return sensors.fusion_offsets(self.sensors, batch, batch[f"{self.sensors[0]}_x"].shape[0], jnp)
-
   def _apply(self, params, batch, *, train: bool, rng=None):
     if self.freeze:  # no gradient flows into the autoencoder weights at all
       frozen = {self.model.sensor_param_path(s)[0] for s in self.sensors}
       params = {k: jax.lax.stop_gradient(v) if k in frozen else v for k, v in params.items()}
     rngs = {"dropout": rng} if rng is not None else {}
-    return self.model.apply({"params": params}, self.inputs(batch), self.offsets(batch), train=train,
-                            rngs=rngs, valid=self.centre_valid(batch))
-
-  def centre_valid(self, batch: dict[str, jax.Array]) -> dict[str, jax.Array] | None:
-    """The validity of each sensor's centre pixel series (B, T, C) for an anchored centre head, else None."""
-    if not self.model.centre_anchor:
-      return None
-    return {s: batch[f"{s}_mask"][:, :, schema.CENTRE_PX, schema.CENTRE_PX] for s in self.sensors}
+    inputs, offsets, valid = fusion_batch(self.model, batch)
+    return self.model.apply({"params": params}, inputs, offsets, train=train, rngs=rngs, valid=valid)
 
   # ------------------------------------------------------------------ objective
   def loss(self, params, batch, rng):
@@ -202,6 +188,18 @@ class FusionTask:
                                {s: batch[f"{s}_target_mask"] for s in self.sensors}, out.get("centre", {}))
     return {f"val/{k}": v for k, v in per_sample.items() if k != "val_metric"} | {
         "val_metric": per_sample["val_metric"]}
+
+
+def fusion_batch(model: fusion_lib.FusionModel, batch: dict[str, Any], xp: Any = jnp
+                 ) -> tuple[dict[str, tuple[Any, Any]], Any, dict[str, Any] | None]:
+  """(inputs, offsets, valid) of a loader batch for `FusionModel.apply`: sensor -> (x, gaps), the (B, K)
+  rows of the pair-position table (`sensors.fusion_offsets`, in `xp`) and, for anchored centre heads, the
+  validity of each sensor's centre pixel series (B, T, C) from the loader's masks (else None)."""
+  inputs = {s: (batch[f"{s}_x"], batch[f"{s}_gaps"]) for s in model.sensors}
+  offsets = sensors.fusion_offsets(model.sensors, batch, batch[f"{model.sensors[0]}_x"].shape[0], xp)
+  valid = ({s: batch[f"{s}_mask"][:, :, schema.CENTRE_PX, schema.CENTRE_PX] for s in model.sensors}
+           if model.centre_anchor else None)
+  return inputs, offsets, valid
 
 
 def load_fusion(model_dir: str, error: type[Exception] = checkpoint.CheckpointError) -> tuple[Any, Any]:
